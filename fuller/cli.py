@@ -1,0 +1,37 @@
+"""The ``fuller`` command line: one subcommand per module in ``fuller.commands``.
+
+Each module registers its own parser (see ``fuller/commands/__init__.py``); ``COMMANDS`` fixes the
+order they appear in ``fuller --help``. Expected failures (a bad config value, a missing file) end
+with one line on stderr and exit code 2, like argparse's own usage errors, rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fuller.commands import config_cmd, data_cmd, demo_cmd, show_cmd
+from fuller.config import ConfigError
+from fuller.errors import UserInputError
+
+COMMANDS = (demo_cmd, data_cmd, show_cmd, config_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fuller", description="Camera + LiDAR 3D perception: configs, data, training, export."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, UserInputError, FileNotFoundError, FileExistsError) as exc:
+        print(f"fuller: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""The synthetic world: a town, its traffic and a nuScenes sensor rig, written as a nuScenes dataset."""

@@ -1,0 +1,1 @@
+"""ROS 2: the perception node, message conversions, and bag tools."""

@@ -1,0 +1,1 @@
+"""Training: data, model, losses, gradient calibration, evaluation (see docs/DESIGN in ../shared)."""

@@ -1,0 +1,196 @@
+"""A nuScenes root (real or synthetic) as training samples in the LiDAR frame.
+
+Everything geometric comes from the devkit (poses, calibration, multi-sweep aggregation, boxes in
+the sensor frame, map rasterisation) and from the config's geometry, so the same code serves
+v1.0-mini, v1.0-trainval and the synthetic world. Conventions (pinned project-wide, see
+fuller/config.py): LiDAR frame x right, y forward, z up; boxes are (x, y, z_centre, w, l, h, yaw,
+vx, vy) with l along the heading and yaw from the x axis; map masks are (C, X, Y).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from nuscenes import NuScenes
+from nuscenes.eval.detection.utils import category_to_detection_name
+from nuscenes.map_expansion.map_api import NuScenesMap
+from nuscenes.utils.data_classes import LidarPointCloud
+from nuscenes.utils.geometry_utils import transform_matrix
+from nuscenes.utils.splits import create_splits_scenes
+from PIL import Image
+from pyquaternion import Quaternion
+from torch.utils.data import Dataset
+
+from fuller.config import FullerConfig
+from fuller.errors import UserInputError
+
+from .transforms import ResizeCrop
+
+# Map classes that are unions of map-expansion layers; every other class is the layer of its name.
+MAP_LAYERS = {"divider": ("road_divider", "lane_divider")}
+
+
+class DatasetError(UserInputError):
+    """A dataset root that cannot be used; the message names the path and what is wrong."""
+
+
+def open_nuscenes(dataroot: str | Path, version: str) -> NuScenes:
+    """Open a nuScenes root with the devkit, after checking it is one (clear errors, not asserts)."""
+    root = Path(dataroot)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root does not exist or is not a directory")
+    tables = root / version
+    if not tables.is_dir():
+        found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("v1.0"))
+        raise DatasetError(f"{tables}: no table folder for version {version!r} (found: {found or 'none'})")
+    missing = [t for t in ("scene", "sample", "sample_data", "sample_annotation", "ego_pose", "calibrated_sensor",
+                           "sensor", "log", "map", "instance", "category", "attribute", "visibility")
+               if not (tables / f"{t}.json").is_file()]
+    if missing:
+        raise DatasetError(f"{tables}: missing tables {', '.join(m + '.json' for m in missing)}")
+    return NuScenes(version=version, dataroot=str(root), verbose=False)
+
+
+@dataclass
+class Sample:
+    """One keyframe, ready for the network. Matrices are float64 4x4 unless noted."""
+
+    token: str
+    location: str
+    timestamp: int
+    images: np.ndarray  # (N, H, W, 3) uint8, network input size after `img_aug`
+    intrinsics: np.ndarray  # (N, 3, 3) of the original images
+    camera2lidar: np.ndarray  # (N, 4, 4)
+    img_aug: np.ndarray  # (N, 4, 4): original (u, v, depth, 1) -> network-input (u, v, depth, 1), as BEVFusion
+    points: np.ndarray  # (P, 5) float32: x, y, z, intensity, dt (s, >= 0, 0 for the keyframe)
+    gt_boxes: np.ndarray  # (M, 9) float32: x, y, z, w, l, h, yaw, vx, vy
+    gt_labels: np.ndarray  # (M,) int64 index into config.geometry.classes
+    lidar2ego: np.ndarray
+    ego2global: np.ndarray
+    lidar_aug: np.ndarray = field(default_factory=lambda: np.eye(4))  # original LiDAR frame -> augmented
+    map_masks: np.ndarray | None = None  # (C, X, Y) bool, filled after the transforms
+
+    @property
+    def lidar2image(self) -> np.ndarray:
+        """(N, 4, 4) augmented LiDAR frame -> original-image (u z, v z, z, 1); divide by z, then
+        apply `img_aug` (see fuller.geometry.project) for network-input pixels."""
+        k = np.tile(np.eye(4), (len(self.intrinsics), 1, 1))
+        k[:, :3, :3] = self.intrinsics
+        return k @ np.linalg.inv(self.camera2lidar) @ np.linalg.inv(self.lidar_aug)
+
+
+Transform = Callable[[Sample], Sample]
+
+
+class NuScenesDataset(Dataset):
+    """Keyframes of a split, each as a `Sample`.
+
+    `transforms` run in order on each sample (augmentations go here: they update the images with
+    `img_aug`, the points and boxes with `lidar_aug`); the map masks are rasterised after them in
+    the final LiDAR frame, so a rotated sample gets an exactly rotated map.
+    """
+
+    def __init__(self, config: FullerConfig, dataroot: str | Path, split: str,
+                 transforms: Sequence[Transform] | None = None, min_points: int = 1,
+                 nusc: NuScenes | None = None) -> None:
+        self.config = config
+        self.geometry = config.geometry
+        self.nusc = nusc or open_nuscenes(dataroot, config.data.version)
+        scenes = create_splits_scenes().get(split)
+        if scenes is None:
+            raise DatasetError(f"split {split!r}: not a nuScenes split (expected one of "
+                               f"{sorted(create_splits_scenes())})")
+        wanted = set(scenes)
+        self.samples = [s["token"] for s in sorted(self.nusc.sample, key=lambda s: s["timestamp"])
+                        if self.nusc.get("scene", s["scene_token"])["name"] in wanted]
+        if not self.samples:
+            raise DatasetError(f"{self.nusc.dataroot}: no samples of split {split!r} "
+                               f"(scenes present: {sorted(s['name'] for s in self.nusc.scene)})")
+        self.transforms = list(transforms) if transforms is not None else [ResizeCrop(self.geometry.image_size)]
+        self.min_points = min_points
+        self._maps: dict[str, NuScenesMap] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.load(self.samples[index])
+        for transform in self.transforms:
+            sample = transform(sample)
+        sample.map_masks = self.map_masks(sample)
+        return sample
+
+    @cached_property
+    def class_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.geometry.classes)}
+
+    def load(self, token: str) -> Sample:
+        """The sample as recorded: original images, points and boxes in the LiDAR frame."""
+        nusc = self.nusc
+        rec = nusc.get("sample", token)
+        lidar_sd = nusc.get("sample_data", rec["data"]["LIDAR_TOP"])
+        lidar_cs = nusc.get("calibrated_sensor", lidar_sd["calibrated_sensor_token"])
+        pose = nusc.get("ego_pose", lidar_sd["ego_pose_token"])
+        lidar2ego = transform_matrix(lidar_cs["translation"], Quaternion(lidar_cs["rotation"]))
+        ego2global = transform_matrix(pose["translation"], Quaternion(pose["rotation"]))
+        lidar2global = ego2global @ lidar2ego
+
+        images, intrinsics, cam2lidar = [], [], []
+        for channel in self.geometry.cameras:
+            sd = nusc.get("sample_data", rec["data"][channel])
+            cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+            cam_pose = nusc.get("ego_pose", sd["ego_pose_token"])
+            cam2global = (transform_matrix(cam_pose["translation"], Quaternion(cam_pose["rotation"]))
+                          @ transform_matrix(cs["translation"], Quaternion(cs["rotation"])))
+            cam2lidar.append(np.linalg.inv(lidar2global) @ cam2global)
+            intrinsics.append(np.asarray(cs["camera_intrinsic"], dtype=np.float64))
+            images.append(np.asarray(Image.open(Path(nusc.dataroot) / sd["filename"]).convert("RGB")))
+        sizes = {im.shape for im in images}
+        if len(sizes) != 1:
+            raise DatasetError(f"sample {token}: cameras have different image sizes {sorted(sizes)}")
+
+        pc, times = LidarPointCloud.from_file_multisweep(nusc, rec, "LIDAR_TOP", "LIDAR_TOP",
+                                                         nsweeps=self.geometry.sweeps)
+        points = np.concatenate([pc.points.T, times.T], axis=1).astype(np.float32)
+
+        boxes, labels = self._boxes(rec, lidar_sd["token"], lidar2global)
+        return Sample(token=token, location=nusc.get("log", nusc.get("scene", rec["scene_token"])["log_token"])["location"],
+                      timestamp=rec["timestamp"], images=np.stack(images), intrinsics=np.stack(intrinsics),
+                      camera2lidar=np.stack(cam2lidar), img_aug=np.tile(np.eye(4), (len(images), 1, 1)),
+                      points=points, gt_boxes=boxes, gt_labels=labels, lidar2ego=lidar2ego, ego2global=ego2global)
+
+    def _boxes(self, rec: dict, lidar_token: str, lidar2global: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _, boxes, _ = self.nusc.get_sample_data(lidar_token)
+        global2lidar_rot = lidar2global[:3, :3].T
+        rows, labels = [], []
+        for box, ann_token in zip(boxes, rec["anns"]):
+            ann = self.nusc.get("sample_annotation", ann_token)
+            name = category_to_detection_name(ann["category_name"])
+            if name not in self.class_index or ann["num_lidar_pts"] + ann["num_radar_pts"] < self.min_points:
+                continue
+            velocity = np.nan_to_num(global2lidar_rot @ self.nusc.box_velocity(ann_token), nan=0.0)
+            w, l, h = box.wlh
+            rows.append([*box.center, w, l, h, box.orientation.yaw_pitch_roll[0], velocity[0], velocity[1]])
+            labels.append(self.class_index[name])
+        return np.asarray(rows, dtype=np.float32).reshape(-1, 9), np.asarray(labels, dtype=np.int64)
+
+    def map_masks(self, sample: Sample) -> np.ndarray:
+        """(C, X, Y) bool masks of config.geometry.map_classes on the map grid, via the devkit's
+        `NuScenesMap.get_map_mask` on a patch aligned with the (augmented) LiDAR frame."""
+        grid = self.geometry.map_grid
+        if sample.location not in self._maps:
+            self._maps[sample.location] = NuScenesMap(self.nusc.dataroot, sample.location)
+        lidar2global = sample.ego2global @ sample.lidar2ego @ np.linalg.inv(sample.lidar_aug)
+        centre = lidar2global @ np.array([np.mean(grid.x_range), np.mean(grid.y_range), 0.0, 1.0])
+        x_axis = lidar2global[:3, :3] @ np.array([1.0, 0.0, 0.0])
+        angle = np.degrees(np.arctan2(x_axis[1], x_axis[0]))
+        width, height = grid.x_range[1] - grid.x_range[0], grid.y_range[1] - grid.y_range[0]
+        nx, ny = grid.shape
+        layers = sorted({layer for c in self.geometry.map_classes for layer in MAP_LAYERS.get(c, (c,))})
+        raw = self._maps[sample.location].get_map_mask((centre[0], centre[1], height, width), angle, layers, (ny, nx))
+        by_layer = dict(zip(layers, raw.transpose(0, 2, 1).astype(bool)))  # (rows=y, cols=x) -> (x, y)
+        return np.stack([np.logical_or.reduce([by_layer[layer] for layer in MAP_LAYERS.get(c, (c,))])
+                         for c in self.geometry.map_classes])
