@@ -13,7 +13,7 @@ from shapely.geometry import Polygon, box as shapely_box
 from shapely.ops import unary_union
 
 from ..geometry import box_corners
-from .rig import Camera, yaw_rotation
+from .rig import Camera, pose_matrix, yaw_rotation
 from .town import ASPHALT, CARPARK, GRASS, WALKWAY, WHITE_PAINT, YELLOW_PAINT, Town
 
 NEAR = 0.2
@@ -69,7 +69,7 @@ class CameraRenderer:
         ids = Image.new("I", (cam.width, cam.height), 0)
         draw, draw_ids = ImageDraw.Draw(image), ImageDraw.Draw(ids)
 
-        cam2global = ego2global @ _pose(cam.rotation, cam.translation)
+        cam2global = ego2global @ pose_matrix(cam.rotation, cam.translation)
         global2cam = np.linalg.inv(cam2global)
         areas = np.zeros(len(boxes))
         frame = shapely_box(-0.5, -0.5, cam.width - 0.5, cam.height - 0.5)
@@ -116,9 +116,3 @@ def _clip_near(poly: np.ndarray) -> np.ndarray:
         if a_in != b_in:
             out.append(a + (b - a) * (NEAR - a[2]) / (b[2] - a[2]))
     return np.asarray(out)
-
-
-def _pose(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
-    m = np.eye(4)
-    m[:3, :3], m[:3, 3] = rotation, translation
-    return m

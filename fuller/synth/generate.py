@@ -23,7 +23,7 @@ from .camera import OBJECT_COLOURS, CameraRenderer
 from .lidar import OBJECT_INTENSITY, cast
 from .map_json import town_to_map_json
 from .motion import RoadGraph
-from .rig import make_cameras, make_lidar, quaternion_list, yaw_rotation
+from .rig import make_cameras, make_lidar, pose_matrix, quaternion_list, yaw_rotation
 from .schema import ATTRIBUTES, CATEGORIES, LOCATIONS, VERSIONS, VISIBILITY, scene_names, visibility_token
 from .town import ASPHALT, CARPARK, WHITE_PAINT, YELLOW_PAINT, Town, generate_town
 
@@ -149,12 +149,6 @@ def _init_worker(towns: dict[str, Town], options: SynthOptions, root: str) -> No
     _WORKER.update(towns=towns, options=options, root=Path(root))
 
 
-def _pose_matrix(rotation: np.ndarray, translation) -> np.ndarray:
-    m = np.eye(4)
-    m[:3, :3], m[:3, 3] = rotation, translation
-    return m
-
-
 def _boxes_at(agents: list[Agent], t: float) -> np.ndarray:
     """(B, 7) global boxes [x, y, z_centre, w, l, h, yaw] at time t."""
     rows = []
@@ -213,7 +207,7 @@ def _simulate_scene(job: tuple[int, str, str]) -> dict[str, list]:
         out["calibrated_sensor"].append({"token": calib[channel], "sensor_token": fixed(f"sensor/{channel}"),
                                          "translation": [float(c) for c in trans],
                                          "rotation": quaternion_list(rot), "camera_intrinsic": k})
-    lidar2ego = _pose_matrix(lidar.rotation, lidar.translation)
+    lidar2ego = pose_matrix(lidar.rotation, lidar.translation)
 
     sample_tokens = [tok("sample") for _ in range(opts.samples_per_scene)]
     scene_token = tok("scene")
@@ -229,7 +223,7 @@ def _simulate_scene(job: tuple[int, str, str]) -> dict[str, list]:
         rot = yaw_rotation(float(yaw))
         out["ego_pose"].append({"token": pose_token, "timestamp": timestamp(t), "rotation": quaternion_list(rot),
                                 "translation": [float(x), float(y), 0.0]})
-        return pose_token, _pose_matrix(rot, [float(x), float(y), 0.0])
+        return pose_token, pose_matrix(rot, [float(x), float(y), 0.0])
 
     def add_sample_data(channel: str, t: float, key: int | None, filename: str, pose_token: str, size) -> None:
         sample = sample_tokens[key if key is not None else min(int(np.ceil(t / SAMPLE_PERIOD - 1e-9)),

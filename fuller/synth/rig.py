@@ -33,6 +33,13 @@ def yaw_rotation(yaw: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
+def pose_matrix(rotation: np.ndarray, translation) -> np.ndarray:
+    """A 4x4 rigid transform from a 3x3 rotation and a translation."""
+    m = np.eye(4)
+    m[:3, :3], m[:3, 3] = rotation, translation
+    return m
+
+
 def quaternion_list(rotation: np.ndarray) -> list[float]:
     """A rotation matrix as the [w, x, y, z] list the nuScenes tables store."""
     return [float(v) for v in Quaternion(matrix=rotation, rtol=1e-7, atol=1e-7).elements]
