@@ -269,6 +269,113 @@ class DataConfig:
             _check(bool(getattr(self, name)), f"{path}.{name}", "a non-empty string", "''")
 
 
+MODALITIES = ("camera", "lidar")
+TASKS = ("det", "map")
+NORMS = ("bn", "gn")
+INTER_METHODS = ("imtl", "sum", "static", "pcgrad", "mgda", "cagrad", "aligned", "uncertainty")
+INTRA_TARGETS = ("mean", "max", "min", "camera", "lidar")
+
+
+@dataclass
+class ModelConfig:
+    """The network: which sensors and heads, and the width of every stage (docs/model.md).
+
+    Strides are not listed here: they follow from the geometry (camera features at stride 8,
+    the LiDAR encoder downsamples x/y from the voxel size to the detection grid).
+    """
+
+    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    norm: str = "bn"  # bn, or gn: batch-independent, so data-parallel equals one big batch exactly
+    backbone_depth: int = 18  # ResNet 18 or 34, torchvision's state-dict keys
+    backbone_width: int = 64  # channels of the stem; 64 is torchvision's ResNet
+    backbone_weights: str = ""  # optional torchvision ResNet state dict (.pth) for the camera
+    fpn_channels: int = 256
+    camera_channels: int = 80  # LSS context channels pooled into the camera BEV
+    lidar_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # sparse stages
+    lidar_out_channels: int = 128  # per z slice before the height collapse
+    fuser_channels: int = 256
+    decoder_layers: list[int] = field(default_factory=lambda: [5, 5])  # SECOND blocks per level
+    decoder_channels: list[int] = field(default_factory=lambda: [128, 256])
+    decoder_out_channels: int = 256  # SECONDFPN: each level upsampled to out/levels, concatenated
+    head_channels: int = 64
+    det_max_boxes: int = 200  # top-K peaks decoded inside the network
+    det_bbox_weight: float = 0.25  # L1 box-regression loss weight relative to the heatmap loss
+    map_head: str = "standard"  # standard, or light (depthwise-separable convs)
+    map_loss: str = "focal"  # focal or bce
+
+    def validate(self, path: str = "model") -> None:
+        for name, known in (("modalities", MODALITIES), ("tasks", TASKS)):
+            _check_names(getattr(self, name), known, f"{path}.{name}")
+        _check(self.norm in NORMS, f"{path}.norm", f"one of {list(NORMS)}", repr(self.norm))
+        _check(self.backbone_depth in (18, 34), f"{path}.backbone_depth", "18 or 34", self.backbone_depth)
+        _check(self.map_head in ("standard", "light"), f"{path}.map_head", "standard or light", repr(self.map_head))
+        _check(self.map_loss in ("focal", "bce"), f"{path}.map_loss", "focal or bce", repr(self.map_loss))
+        _check(len(self.lidar_channels) >= 2, f"{path}.lidar_channels", "at least 2 stages", list(self.lidar_channels))
+        _check(len(self.decoder_layers) == len(self.decoder_channels), f"{path}.decoder_layers",
+               f"one entry per decoder level ({len(self.decoder_channels)})", list(self.decoder_layers))
+        _check(self.decoder_out_channels % len(self.decoder_channels) == 0, f"{path}.decoder_out_channels",
+               f"a multiple of the number of decoder levels ({len(self.decoder_channels)})",
+               self.decoder_out_channels)
+        widths = {"backbone_width": self.backbone_width, "fpn_channels": self.fpn_channels,
+                  "camera_channels": self.camera_channels, "lidar_out_channels": self.lidar_out_channels,
+                  "fuser_channels": self.fuser_channels, "head_channels": self.head_channels,
+                  "det_max_boxes": self.det_max_boxes}
+        for name, value in widths.items():
+            _check(value >= 1, f"{path}.{name}", "an integer >= 1", value)
+        for name in ("lidar_channels", "decoder_layers", "decoder_channels"):
+            values = list(getattr(self, name))
+            _check(min(values) >= (0 if name == "decoder_layers" else 1), f"{path}.{name}",
+                   "non-negative layer counts" if name == "decoder_layers" else "positive widths", values)
+        if self.norm == "gn":
+            for name, value in widths.items():
+                if name != "det_max_boxes":
+                    _check(value % 8 == 0, f"{path}.{name}", "a multiple of 8 (GroupNorm uses 8 groups)", value)
+            for name in ("lidar_channels", "decoder_channels"):
+                values = list(getattr(self, name))
+                _check(all(v % 8 == 0 for v in values), f"{path}.{name}",
+                       "multiples of 8 (GroupNorm uses 8 groups)", values)
+            _check((self.decoder_out_channels // len(self.decoder_channels)) % 8 == 0, f"{path}.decoder_out_channels",
+                   "a multiple of 8 per decoder level (GroupNorm uses 8 groups)", self.decoder_out_channels)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and gradient calibration (docs/training.md). CLI flags override these."""
+
+    steps: int = 2000
+    batch_size: int = 2  # per process
+    lr: float = 2e-3  # AdamW peak learning rate
+    weight_decay: float = 0.01
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 35.0  # max global gradient norm; 0 disables clipping
+    seed: int = 0
+    log_every: int = 10  # steps between metric records (losses, gradient diagnostics)
+    checkpoint_every: int = 200
+    num_workers: int = 0  # DataLoader worker processes
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    inter: str = "imtl"  # task-gradient calibration at the shared representation
+    inter_weights: list[float] = field(default_factory=list)  # for inter=static, one per task
+    intra: bool = True  # equalise the camera and LiDAR gradient norms at the fuser input
+    intra_target: str = "mean"  # the common norm: mean, max or min of the two, or one modality's
+
+    def validate(self, path: str = "train") -> None:
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            _check(getattr(self, name) >= 1, f"{path}.{name}", "an integer >= 1", getattr(self, name))
+        for name in ("warmup_steps", "num_workers"):
+            _check(getattr(self, name) >= 0, f"{path}.{name}", "an integer >= 0", getattr(self, name))
+        _check(self.lr > 0, f"{path}.lr", "a positive learning rate", self.lr)
+        _check(self.weight_decay >= 0, f"{path}.weight_decay", "a value >= 0", self.weight_decay)
+        _check(0 <= self.min_lr_ratio <= 1, f"{path}.min_lr_ratio", "a value in [0, 1]", self.min_lr_ratio)
+        _check(self.grad_clip >= 0, f"{path}.grad_clip", "a value >= 0 (0: off)", self.grad_clip)
+        _check(self.inter in INTER_METHODS, f"{path}.inter", f"one of {list(INTER_METHODS)}", repr(self.inter))
+        _check(self.intra_target in INTRA_TARGETS, f"{path}.intra_target", f"one of {list(INTRA_TARGETS)}",
+               repr(self.intra_target))
+        _check(all(w >= 0 for w in self.inter_weights), f"{path}.inter_weights", "non-negative weights",
+               list(self.inter_weights))
+
+
 @dataclass
 class FullerConfig:
     """The whole config. Constructing one validates it; add sections as fields with a validate()."""
@@ -276,6 +383,8 @@ class FullerConfig:
     name: str
     geometry: GeometryConfig
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name", "a non-empty string", "''")
@@ -283,6 +392,35 @@ class FullerConfig:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate(f.name)
+        if self.train.inter == "static":
+            _check(len(self.train.inter_weights) == len(self.model.tasks), "train.inter_weights",
+                   f"one weight per task {list(self.model.tasks)} for train.inter=static",
+                   list(self.train.inter_weights))
+        g = self.geometry
+        det = g.det_grid.resolution
+        lidar_stride = det / g.voxel_size[0]
+        stages = len(self.model.lidar_channels) - 1
+        _check(abs(g.voxel_size[0] - g.voxel_size[1]) <= _TOLERANCE, "geometry.voxel_size",
+               "square voxels in x and y", list(g.voxel_size))
+        _check(any(abs(lidar_stride - 2**k) <= _TOLERANCE for k in range(stages + 1)), "geometry.det_grid.resolution",
+               f"the voxel size times a power of two <= 2**{stages} (one stride-2 per LiDAR stage after the first)",
+               f"{det:g} = {lidar_stride:g} x {g.voxel_size[0]:g}")
+        camera_stride = det / g.camera_bev.resolution
+        _check(abs(camera_stride - round(camera_stride)) <= _TOLERANCE and round(camera_stride) >= 1,
+               "geometry.det_grid.resolution", "a whole multiple of geometry.camera_bev.resolution",
+               f"{det:g} / {g.camera_bev.resolution:g} = {camera_stride:g}")
+        _check(g.image_size[0] % 32 == 0 and g.image_size[1] % 32 == 0, "geometry.image_size",
+               "H and W divisible by 32 (the backbone's deepest stride)", list(g.image_size))
+
+
+def lidar_stride(cfg: FullerConfig) -> int:
+    """x/y downsampling of the LiDAR encoder: voxel grid -> detection grid (validated power of 2)."""
+    return round(cfg.geometry.det_grid.resolution / cfg.geometry.voxel_size[0])
+
+
+def camera_bev_stride(cfg: FullerConfig) -> int:
+    """Downsampling of the camera BEV from the LSS pooling grid to the detection grid."""
+    return round(cfg.geometry.det_grid.resolution / cfg.geometry.camera_bev.resolution)
 
 
 def _type_name(tp: Any) -> str:

@@ -102,7 +102,8 @@ def test_int_override_of_a_float_field_becomes_float():
         ("geometry.sweeps=2.5", "geometry.sweeps"),
         ("geometry.image_size=[128.5,352]", "geometry.image_size[0]"),
         ("geometry.sweep=2", "geometry.sweep"),
-        ("model.width=3", "model"),
+        ("model.width=3", "model.width"),
+            ("trainer.steps=3", "trainer"),
         ("geometry.camera_bev=3", "geometry.camera_bev"),
         ("geometry.sweeps=null", "geometry.sweeps"),
     ],
@@ -132,6 +133,18 @@ def test_overrides_are_type_checked(override, field):
         ("geometry.classes=[car,car]", "geometry.classes", "unique names"),
         ("geometry.cameras=[]", "geometry.cameras", "at least one name"),
         ("geometry.map_classes=[lane]", "geometry.map_classes[0]", "'drivable_area'"),
+        ("geometry.det_grid.resolution=3.2", "geometry.det_grid.resolution", "power of two <= 2**2"),
+        ("geometry.camera_bev.resolution=0.32", "geometry.det_grid.resolution", "whole multiple of geometry.camera_bev"),
+        ("geometry.image_size=[120,352]", "geometry.image_size", "divisible by 32"),
+        ("model.modalities=[radar]", "model.modalities[0]", "one of ['camera', 'lidar']"),
+        ("model.tasks=[]", "model.tasks", "at least one name"),
+        ("model.norm=ln", "model.norm", "one of ['bn', 'gn']"),
+        ("model.backbone_depth=50", "model.backbone_depth", "18 or 34"),
+        ("model.decoder_out_channels=65", "model.decoder_out_channels", "multiple of the number of decoder levels"),
+        ("train.inter=gradnorm", "train.inter", "one of ['imtl'"),
+        ("train.inter=static", "train.inter_weights", "one weight per task"),
+        ("train.intra_target=median", "train.intra_target", "one of ['mean'"),
+        ("train.lr=0", "train.lr", "positive learning rate"),
     ],
 )
 def test_bad_values_name_the_field(override, field, fragment):
@@ -241,3 +254,10 @@ def test_cli_help_lists_every_command(capsys):
         main(["--help"])
     assert info.value.code == 0
     assert "config" in capsys.readouterr().out
+
+
+def test_group_norm_needs_widths_divisible_by_its_groups():
+    load_config("tiny", ["model.norm=gn"])
+    with pytest.raises(ConfigError) as info:
+        load_config("tiny", ["model.norm=gn", "model.lidar_channels=[12,16]"])
+    assert info.value.field == "model.lidar_channels" and "multiples of 8" in str(info.value)
