@@ -1,0 +1,38 @@
+"""FULLER's multi-level gradient calibration (docs: DESIGN.md §3).
+
+* inter-task, at the shared representation: :class:`GradientCalibrator` with one of the methods
+  of :mod:`.inter` (``train.inter``);
+* intra-modality, at the fuser input: :class:`ModalityGradientBalance` (``train.intra``,
+  ``train.intra_target``);
+* the expensive comparison, parameter-level PCGrad: :func:`parameter_pcgrad_backward`;
+* the collectives both need under data-parallel training live in :mod:`fuller.train.parallel`.
+"""
+from .calibrator import GradientCalibrator, gram_diagnostics
+from ..parallel import all_reduce_sum, is_distributed, world_size
+from .inter import (
+    IMTL,
+    MGDA,
+    AlignedMTL,
+    CAGrad,
+    InterMethod,
+    PCGrad,
+    Static,
+    Sum,
+    Uncertainty,
+    aligned_coefficients,
+    build_inter,
+    cagrad_coefficients,
+    imtl_coefficients,
+    mgda_coefficients,
+    pcgrad_coefficients,
+    pcgrad_orders,
+)
+from .intra import ModalityGradientBalance
+from .param_pcgrad import parameter_pcgrad_backward
+
+__all__ = [
+    "IMTL", "MGDA", "AlignedMTL", "CAGrad", "GradientCalibrator", "InterMethod", "ModalityGradientBalance",
+    "PCGrad", "Static", "Sum", "Uncertainty", "aligned_coefficients", "all_reduce_sum",
+    "build_inter", "cagrad_coefficients", "gram_diagnostics", "imtl_coefficients", "is_distributed",
+    "mgda_coefficients", "parameter_pcgrad_backward", "pcgrad_coefficients", "pcgrad_orders", "world_size",
+]
