@@ -26,3 +26,31 @@ def nusc(synth_root):
     from nuscenes import NuScenes
 
     return NuScenes(version=SMALL.version, dataroot=synth_root, verbose=False)
+
+
+# A network small enough for a CPU training step in well under a second: two cameras at 64x160,
+# narrow widths everywhere (multiples of 8 so model.norm=gn works too). Same code as tiny.
+SMALL_NETWORK = [
+    "geometry.cameras=[CAM_FRONT,CAM_BACK]", "geometry.image_size=[64,160]", "geometry.sweeps=2",
+    "model.backbone_width=8", "model.fpn_channels=16", "model.camera_channels=8",
+    "model.lidar_channels=[8,16]", "model.lidar_out_channels=8", "model.fuser_channels=16",
+    "model.decoder_layers=[1,1]", "model.decoder_channels=[16,16]", "model.decoder_out_channels=16",
+    "model.head_channels=16", "model.det_max_boxes=100",
+    "train.batch_size=2", "train.log_every=1", "train.warmup_steps=2", "train.lr=1e-3",
+]
+
+
+@pytest.fixture(scope="session")
+def small_cfg():
+    from fuller.config import load_config
+
+    return load_config("tiny", SMALL_NETWORK)
+
+
+@pytest.fixture(scope="session")
+def small_samples(small_cfg, synth_root, nusc):
+    """Four training samples of the synthetic set, loaded once."""
+    from fuller.train.data import NuScenesDataset
+
+    dataset = NuScenesDataset(small_cfg, synth_root, small_cfg.data.train_split, nusc=nusc)
+    return [dataset[i] for i in range(4)]

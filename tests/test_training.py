@@ -1,0 +1,169 @@
+"""The training loop: exact resume, the NaN/Inf guard, checkpoints, the sample schedule,
+data-parallel equivalence and the command line."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from fuller.cli import main
+from fuller.train.batching import Collator
+from fuller.train.checkpoint import CheckpointError, load_checkpoint
+from fuller.train.run_log import read_metrics
+from fuller.train.sampler import StepBatchSampler
+from fuller.train.trainer import Trainer, train, warmup_cosine
+
+from conftest import SMALL_NETWORK
+
+
+def params_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_is_bit_exact(small_cfg, small_samples, tmp_path):
+    cfg = copy.deepcopy(small_cfg)
+    cfg.train.steps, cfg.train.checkpoint_every = 4, 100
+    straight = train(cfg, None, tmp_path / "straight", dataset=small_samples, progress=False)
+    train(cfg, None, tmp_path / "split", dataset=small_samples, progress=False, stop_at=2)
+    assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")[1]["step"] == 2
+    split = train(cfg, None, tmp_path / "split", dataset=small_samples, progress=False, resume=True)
+    a, b = load_checkpoint(straight)[1], load_checkpoint(split)[1]
+    assert a["step"] == b["step"] == 4
+    assert params_equal(a["model"], b["model"])
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for k in a["optimizer"]["state"]:
+        assert torch.equal(a["optimizer"]["state"][k]["exp_avg"], b["optimizer"]["state"][k]["exp_avg"])
+    losses = lambda run: [(r["step"], r["loss/det"], r["loss/map"]) for r in read_metrics(tmp_path / run)]
+    assert losses("straight") == losses("split") and len(losses("straight")) == 4
+
+
+def test_metrics_hold_calibration_diagnostics(small_cfg, small_samples, tmp_path):
+    cfg = copy.deepcopy(small_cfg)
+    cfg.train.steps = 1
+    train(cfg, None, tmp_path / "run", dataset=small_samples, progress=False)
+    (record,) = read_metrics(tmp_path / "run")
+    for key in ("loss/det", "loss/map", "grad_norm/det", "grad_norm/map", "cos/det-map", "coef/det", "coef/map",
+                "modality/camera_norm", "modality/lidar_norm", "modality/ratio", "modality/camera_norm_after",
+                "modality/lidar_norm_after", "samples_per_s", "lr", "skipped_steps"):
+        assert key in record, key
+    assert math.isclose(record["coef/det"] + record["coef/map"], 1.0, rel_tol=1e-9)  # IMTL-G
+    # IMTL-G closed form for two tasks: alpha_det = |g_map| / (|g_det| + |g_map|)
+    g_det, g_map = record["grad_norm/det"], record["grad_norm/map"]
+    assert math.isclose(record["coef/det"], g_map / (g_det + g_map), rel_tol=1e-6)
+    assert math.isclose(record["modality/camera_norm_after"], record["modality/lidar_norm_after"], rel_tol=1e-5)
+    assert (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_non_finite_step_is_skipped_and_counted(small_cfg, small_samples):
+    trainer = Trainer.create(small_cfg, torch.device("cpu"))
+    batch = Collator(small_cfg)(small_samples[:2])
+    batch.inputs.images[0, 0, 0, :4, :4] = float("nan")
+    before = copy.deepcopy(trainer.model.state_dict())
+    record = trainer.train_step(batch)
+    assert record["skipped_steps"] == 1 and trainer.step == 1
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k and "batches" not in k)
+    assert all(p.grad is None for p in trainer.parameters())
+    clean = Collator(small_cfg)(small_samples[:2])
+    assert trainer.train_step(clean)["skipped_steps"] == 1
+
+
+def test_checkpoint_errors_name_the_file(small_cfg, small_samples, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt: not a readable checkpoint"):
+        load_checkpoint(bad)
+    torch.save({"weights": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="foreign.pt: expected a fuller-checkpoint-1 checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    cfg = copy.deepcopy(small_cfg)
+    cfg.train.steps = 1
+    train(cfg, None, tmp_path / "run", dataset=small_samples, progress=False)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        train(cfg, None, tmp_path / "run", dataset=small_samples, progress=False)
+    with pytest.raises(Exception, match="no checkpoint.pt to resume from"):
+        train(cfg, None, tmp_path / "empty", dataset=small_samples, progress=False, resume=True)
+    assert not list((tmp_path / "run").glob(".checkpoint.pt.*.tmp"))
+
+
+def test_sample_schedule_is_a_function_of_the_step():
+    full = list(StepBatchSampler(10, 3, seed=1, start=0, stop=8))
+    assert list(StepBatchSampler(10, 3, seed=1, start=5, stop=8)) == full[5:]
+    flat = [i for b in full for i in b]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))  # whole epochs
+    ranks = [list(StepBatchSampler(10, 2, seed=1, start=0, stop=5, rank=r, world_size=2)) for r in range(2)]
+    one = list(StepBatchSampler(10, 4, seed=1, start=0, stop=5))
+    assert [a + b for a, b in zip(*ranks)] == one  # two ranks read what one process with 2x batch reads
+
+
+def test_warmup_cosine_schedule():
+    f = warmup_cosine(warmup=4, total=14, min_ratio=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert math.isclose(f(9), 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert math.isclose(f(14), 0.1) and math.isclose(f(100), 0.1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, port: int, cfg, samples, out) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    trainer = Trainer.create(cfg, torch.device("cpu"))
+    record = trainer.backward(Collator(cfg)([samples[rank]]))
+    grads = {n: p.grad.numpy().copy() for n, p in trainer.model.named_parameters()}
+    trainer.update(record)
+    out.put((rank, record, grads, {k: v.numpy().copy() for k, v in trainer.model.state_dict().items()}))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_data_parallel_equals_one_process_on_the_whole_batch(small_cfg, small_samples):
+    cfg = copy.deepcopy(small_cfg)
+    cfg.model.norm = "gn"  # batch-independent normalisation (BatchNorm statistics are per process)
+    cfg.train.batch_size = 1
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, port, cfg, small_samples, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict((r, rest) for r, *rest in (queue.get(timeout=300) for _ in procs))
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    (rec0, grads0, state0), (rec1, grads1, state1) = results[0], results[1]
+    assert state0.keys() == state1.keys() and all((state0[k] == state1[k]).all() for k in state0)
+    assert rec0["coef/det"] == rec1["coef/det"] and rec0["modality/camera_scale"] == rec1["modality/camera_scale"]
+
+    whole = Trainer.create(cfg, torch.device("cpu"))
+    record = whole.backward(Collator(cfg)(small_samples[:2]))
+    assert math.isclose(record["coef/det"], rec0["coef/det"], rel_tol=1e-4)
+    for name, p in whole.model.named_parameters():
+        torch.testing.assert_close(torch.from_numpy(grads0[name]), p.grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_cli_train_then_eval(synth_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", synth_root, "--out", str(run), "--steps", "2", "--inter", "sum", "--intra", "off",
+                 "--set", *SMALL_NETWORK]) == 0
+    record = read_metrics(run)[-1]
+    assert record["step"] == 1 and record["coef/det"] == 1.0
+    assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--data", synth_root, "--out",
+                 str(tmp_path / "eval"), "--pictures", "1"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0 <= metrics["detection"]["mAP"] <= 1 and "drivable_area" in metrics["map"]["iou_max"]
+    assert "mAP" in capsys.readouterr().out
+    assert len(list((tmp_path / "eval" / "pictures").glob("*.png"))) == 1
+    assert main(["train", "--data", synth_root, "--out", str(run), "--steps", "2"]) == 2  # exists, no --resume

@@ -1,0 +1,250 @@
+"""`fuller train`: calibrated multi-task training, single process or torchrun data-parallel.
+
+One step: trunk forward to z -> per-task head-only backward -> inter-task calibration -> one
+backward through the trunk (intra-modality balancing happens inside it at the fuser input) ->
+gradient average across ranks -> NaN/Inf guard -> clipping -> AdamW. `GradientCalibrator` does the
+middle part; this module owns the loop, checkpoints and logs.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from fuller.config import FullerConfig
+from fuller.errors import UserInputError
+
+from .batching import Batch, Collator
+from .calibration import GradientCalibrator, parameter_pcgrad_backward
+from .checkpoint import load_checkpoint, restore_rng_states, save_checkpoint
+from .data import NuScenesDataset
+from .model import FullerModel, build_model
+from .parallel import average_gradients, broadcast_module, init_from_env
+from .run_log import RunLog
+from .sampler import StepBatchSampler
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+class MemoryCache(Dataset):
+    """Keeps each loaded sample: without random augmentation a sample never changes, and loading
+    (JPEG decoding, sweep aggregation, map rasterisation) costs more than a tiny training step."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.cache: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        if index not in self.cache:
+            self.cache[index] = self.dataset[index]
+        return self.cache[index]
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+    """LR factor: linear warm-up from 1/warmup to 1, then cosine decay to ``min_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Trainer:
+    """Model, calibrator, optimiser and scheduler of one run, and the step that updates them."""
+
+    cfg: FullerConfig
+    model: FullerModel
+    calibrator: GradientCalibrator
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    device: torch.device
+    step: int = 0
+    skipped_steps: int = 0
+    dropped_voxels: int = 0
+    parameter_pcgrad: bool = False  # the expensive reference (training-cost benchmark only)
+
+    @classmethod
+    def create(cls, cfg: FullerConfig, device: torch.device, parameter_pcgrad: bool = False) -> "Trainer":
+        seed_everything(cfg.train.seed)
+        model = build_model(cfg).to(device)
+        calibrator = GradientCalibrator(list(cfg.model.tasks), cfg.train.inter, list(cfg.train.inter_weights),
+                                        seed=cfg.train.seed).to(device)
+        params = [p for p in model.parameters()] + [p for p in calibrator.parameters()]
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        t = cfg.train
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.steps, t.min_lr_ratio))
+        return cls(cfg, model, calibrator, optimizer, scheduler, device, parameter_pcgrad=parameter_pcgrad)
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "calibrator": self.calibrator.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "skipped_steps": self.skipped_steps, "dropped_voxels": self.dropped_voxels}
+
+    def load_state(self, payload: dict) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.calibrator.load_state_dict(payload["calibrator"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.step = payload["step"]
+        self.skipped_steps = payload["skipped_steps"]
+        self.dropped_voxels = payload["dropped_voxels"]
+        restore_rng_states(payload["rng"])
+
+    def backward(self, batch: Batch) -> dict[str, float]:
+        """Calibrated backward pass of a batch: leaves gradients averaged over ranks in ``.grad``
+        and returns the step's record (losses, calibration diagnostics, gradient norm)."""
+        self.model.train()
+        inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
+        parts: dict[str, float] = {}
+
+        def losses_fn(z: torch.Tensor) -> dict[str, torch.Tensor]:
+            losses, loss_parts = self.model.task_losses(z, targets)
+            parts.update(loss_parts)
+            return losses
+
+        amp = self.cfg.train.amp and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+            if self.parameter_pcgrad:
+                losses = losses_fn(self.model.trunk(inputs))
+                diagnostics = parameter_pcgrad_backward(losses, self.model.shared_parameters(),
+                                                        self.model.head_parameters(), seed=self.cfg.train.seed,
+                                                        step=self.step)
+            else:
+                z = self.model.trunk(inputs)
+                diagnostics = self.calibrator.backward(z, losses_fn, self.model.head_parameters(), self.step)
+        diagnostics.update(self.model.balance.diagnostics())
+        average_gradients(self.parameters())
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        return {"step": self.step, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                **{f"loss_part/{k}": v for k, v in parts.items()}, **diagnostics}
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def update(self, record: dict[str, float], dropped_voxels: int = 0) -> dict[str, float]:
+        """Apply the gradients of `backward` unless they or the losses are not finite (then the
+        step is skipped and counted); the schedule advances either way."""
+        total_loss = sum(v for k, v in record.items() if k.startswith("loss/"))
+        if not (math.isfinite(record["grad_norm"]) and math.isfinite(total_loss)):
+            self.skipped_steps += 1
+            log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); step skipped "
+                        "(%d so far)", self.step, total_loss, record["grad_norm"], self.skipped_steps)
+        else:
+            if self.cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.parameters(), self.cfg.train.grad_clip)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
+            self.scheduler.step()
+        self.dropped_voxels += dropped_voxels
+        self.step += 1
+        return {**record, "skipped_steps": self.skipped_steps, "dropped_voxels": self.dropped_voxels}
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        return self.update(self.backward(batch), batch.dropped_voxels)
+
+
+def _open_run(out: Path, resume: bool) -> Path | None:
+    ckpt = out / CHECKPOINT
+    if resume:
+        if not ckpt.is_file():
+            raise UserInputError(f"{out}: --resume given but there is no {CHECKPOINT} to resume from")
+        return ckpt
+    if ckpt.is_file():
+        raise FileExistsError(f"{out}: already holds a run ({CHECKPOINT}); pass --resume to continue it "
+                              f"or choose another --out")
+    return None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train(cfg: FullerConfig, data_root: str | Path, out: str | Path, *, resume: bool = False,
+          device: torch.device | None = None, progress: bool = True, dataset: Dataset | None = None,
+          stop_at: int | None = None) -> Path:
+    """Train to ``cfg.train.steps``, checkpointing to ``out/checkpoint.pt``; returns its path.
+
+    ``stop_at`` pauses the run after that step (checkpointed; ``resume=True`` continues it on the
+    same schedule), for runs split across time budgets.
+    """
+    out = Path(out)
+    device = device or default_device()
+    rank, world = init_from_env(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    resume_from = _open_run(out, resume)
+    payload = None
+    if resume_from is not None:
+        saved_cfg, payload = load_checkpoint(resume_from, map_location=device)
+        saved_cfg.train.steps = cfg.train.steps
+        if saved_cfg != cfg:
+            log.warning("%s: resuming with the checkpoint's config; the one given differs (only train.steps "
+                        "may change on resume)", resume_from)
+        cfg = saved_cfg
+    trainer = Trainer.create(cfg, device)
+    if payload is not None:
+        trainer.load_state(payload)
+    broadcast_module(trainer.model)
+    if dataset is None:
+        dataset = MemoryCache(NuScenesDataset(cfg, data_root, cfg.data.train_split))
+    t = cfg.train
+    last = t.steps if stop_at is None else min(stop_at, t.steps)
+    sampler = StepBatchSampler(len(dataset), t.batch_size, t.seed, trainer.step, last, rank, world)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(cfg), num_workers=t.num_workers)
+    run_log = RunLog(out, resume_step=trainer.step if resume_from else None, tensorboard=rank == 0) if rank == 0 else None
+    bar = tqdm(total=t.steps, initial=trainer.step, desc="train", unit="step", disable=not progress or rank != 0,
+               dynamic_ncols=True)
+    samples_done, clock = 0, time.perf_counter()
+    try:
+        for batch in loader:
+            record = trainer.train_step(batch)
+            samples_done += batch.inputs.batch_size * world
+            if record["step"] % t.log_every == 0 or trainer.step == t.steps:
+                elapsed = time.perf_counter() - clock
+                record["samples_per_s"] = samples_done / max(elapsed, 1e-9)
+                samples_done, clock = 0, time.perf_counter()
+                if run_log:
+                    run_log.write(record)
+                losses = {k[5:]: v for k, v in record.items() if k.startswith("loss/")}
+                bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses.items()},
+                                 "samples/s": f"{record['samples_per_s']:.2f}"})
+            bar.update(1)
+            if trainer.step % t.checkpoint_every == 0 or trainer.step == last:
+                broadcast_module(trainer.model)  # one set of BatchNorm statistics: rank 0's
+                if rank == 0:
+                    save_checkpoint(out / CHECKPOINT, cfg, trainer.step, **trainer.state())
+    finally:
+        bar.close()
+        if run_log:
+            run_log.close()
+    return out / CHECKPOINT
