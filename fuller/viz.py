@@ -83,6 +83,11 @@ def sample_figure(out: str | Path, *, images, cameras, lidar2image, img_aug, poi
         draw_camera(fig.add_subplot(grid[i // 3, 2 + i % 3]), image, lidar2image[i], img_aug[i], boxes, labels,
                     cam)
     fig.suptitle(title, fontsize=10)
+    return save_figure(fig, out)
+
+
+def save_figure(fig, out: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure; returns the path."""
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

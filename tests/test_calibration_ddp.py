@@ -13,40 +13,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
-from torch import nn
 
 from fuller.train.calibration import GradientCalibrator, ModalityGradientBalance, parameter_pcgrad_backward
+from fuller.train.parallel import average_gradients
+
+from test_calibration import Toy  # the same toy camera/LiDAR trunk with two heads
 
 TASKS = ["det", "map"]
 BATCH = 4  # whole batch; each of the two ranks takes half
-
-
-class Toy(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.cam = nn.Conv2d(2, 3, 3, padding=1)
-        self.lid = nn.Conv2d(3, 3, 1)
-        self.fuse = nn.Conv2d(6, 4, 3, padding=1)
-        self.det = nn.Sequential(nn.Conv2d(4, 3, 1), nn.Tanh(), nn.Conv2d(3, 2, 1))
-        self.map = nn.Conv2d(4, 3, 1)
-        self.balance = ModalityGradientBalance("mean")
-        self.double()
-
-    def trunk(self, xc, xl):
-        c, l = self.balance(torch.tanh(self.cam(xc)), torch.tanh(self.lid(xl)))
-        return torch.tanh(self.fuse(torch.cat([c, l], 1)))
-
-    def losses(self, z, y):
-        return {"det": ((self.det(z) - y["det"]) ** 2).mean(),
-                "map": F.binary_cross_entropy_with_logits(self.map(z), y["map"])}
-
-    def head_params(self):
-        return {"det": list(self.det.parameters()), "map": list(self.map.parameters())}
-
-    def trunk_params(self):
-        return [*self.cam.parameters(), *self.lid.parameters(), *self.fuse.parameters()]
 
 
 def data(lo: int, hi: int):
@@ -58,25 +32,17 @@ def data(lo: int, hi: int):
     return (xc[lo:hi], xl[lo:hi]), {k: v[lo:hi] for k, v in y.items()}
 
 
-def average_gradients(model: nn.Module) -> None:
-    """The trainer's part under data parallelism: every gradient replaced by its mean over ranks."""
-    if dist.is_initialized():
-        for p in model.parameters():
-            dist.all_reduce(p.grad)
-            p.grad /= dist.get_world_size()
-
-
 def run(lo: int, hi: int) -> dict:
     """Calibrated backward, gradient averaging, then parameter-level PCGrad: what each run records."""
-    model = Toy()
+    model = Toy(ModalityGradientBalance("mean"))
     cal = GradientCalibrator(TASKS, "imtl")
     x, y = data(lo, hi)
     diag = cal.backward(model.trunk(*x), lambda zd: model.losses(zd, y), model.head_params(), 3, model.balance)
-    average_gradients(model)
+    average_gradients(list(model.parameters()))
     out = {"diag": diag, "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
     model.zero_grad(set_to_none=True)
     pc = parameter_pcgrad_backward(model.losses(model.trunk(*x), y), model.trunk_params(), model.head_params(), 1, 2)
-    average_gradients(model)
+    average_gradients(list(model.parameters()))
     out.update(pc_diag=pc, pc_grads={n: p.grad.clone() for n, p in model.named_parameters()})
     return out
 

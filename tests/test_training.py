@@ -167,3 +167,21 @@ def test_cli_train_then_eval(synth_root, tmp_path, capsys):
     assert "mAP" in capsys.readouterr().out
     assert len(list((tmp_path / "eval" / "pictures").glob("*.png"))) == 1
     assert main(["train", "--data", synth_root, "--out", str(run), "--steps", "2"]) == 2  # exists, no --resume
+
+
+@pytest.mark.slow
+def test_cli_ablate_and_bench_run_end_to_end(synth_root, tmp_path, capsys):
+    """The ablation trains and evaluates each variant and tabulates deltas against naive; the
+    benchmark times every method on one batch (wiring only: its numbers are machine-dependent)."""
+    out = tmp_path / "ablation"
+    assert main(["ablate", "--data", synth_root, "--steps", "1", "--out", str(out), "--only", "naive", "map_only",
+                 "--set", *SMALL_NETWORK]) == 0
+    rows = json.loads((out / "ablation.json").read_text())
+    naive, map_only = rows
+    assert naive["delta_mAP"] == 0 and map_only["mAP"] is None and map_only["mIoU"] is not None
+    assert math.isclose(map_only["delta_mIoU"], map_only["mIoU"] - naive["mIoU"])
+    assert "| Map only |" in capsys.readouterr().out
+    assert main(["bench", "train", "--data", synth_root, "--rounds", "1", "--warmup", "0",
+                 "--set", *SMALL_NETWORK]) == 0
+    table = capsys.readouterr().out
+    assert "parameter-level PCGrad" in table and "1.00" in table

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fuller.config import BEVGrid  # noqa: E402
-from fuller.viz import draw_bev  # noqa: E402
+from fuller.viz import draw_bev, save_figure  # noqa: E402
 
 from .results import EvaluationError, Prediction, check_prediction  # noqa: E402
 
@@ -55,9 +55,4 @@ def draw_prediction(sample: "Sample", pred: Prediction, classes: Sequence[str], 
     right.set_title(f"prediction: {int(keep.sum())} boxes with score >= {score_threshold:g}"
                     + ("" if probs is None else f", map at p >= {MAP_THRESHOLD:g}"), fontsize=10)
     fig.suptitle(title or f"sample {sample.token}", fontsize=11)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)
