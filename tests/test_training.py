@@ -156,8 +156,11 @@ def test_data_parallel_equals_one_process_on_the_whole_batch(small_cfg, small_sa
 
 def test_cli_train_then_eval(synth_root, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", synth_root, "--out", str(run), "--steps", "2", "--inter", "sum", "--intra", "off",
-                 "--set", *SMALL_NETWORK]) == 0
+    args = ["train", "--data", synth_root, "--out", str(run), "--steps", "2", "--inter", "sum", "--intra", "off",
+            "--set", *SMALL_NETWORK]
+    assert main([*args, "--stop-at", "1"]) == 0
+    assert load_checkpoint(run / "checkpoint.pt")[1]["step"] == 1
+    assert main([*args, "--resume"]) == 0
     record = read_metrics(run)[-1]
     assert record["step"] == 1 and record["coef/det"] == 1.0
     assert main(["eval", "--checkpoint", str(run / "checkpoint.pt"), "--data", synth_root, "--out",

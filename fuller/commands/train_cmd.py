@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--inter", choices=INTER_METHODS, help="task-gradient calibration (default: the config's, imtl)")
     p.add_argument("--intra", choices=("on", "off"), help="camera/LiDAR gradient-norm calibration (default on)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--stop-at", type=int, metavar="STEP",
+                   help="pause after STEP (checkpointed); a later --resume continues on the same schedule")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. train.batch_size=4 model.tasks=[det]")
     p.set_defaults(func=run_train)
@@ -55,7 +57,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, overrides(args))
-    checkpoint = train(cfg, args.data, args.out, resume=args.resume)
+    checkpoint = train(cfg, args.data, args.out, resume=args.resume, stop_at=args.stop_at)
     print(f"checkpoint: {checkpoint}")
     return 0
 
