@@ -35,6 +35,9 @@ from .sampler import StepBatchSampler
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+# Splits up to this size (v1.0-mini, the synthetic sets) are kept in memory after the first epoch;
+# larger ones (trainval: ~28k samples, several MB each) are read from disk every time.
+MEMORY_CACHE_MAX_SAMPLES = 2000
 
 
 class MemoryCache(Dataset):
@@ -216,7 +219,9 @@ def train(cfg: FullerConfig, data_root: str | Path, out: str | Path, *, resume: 
         trainer.load_state(payload)
     broadcast_module(trainer.model)
     if dataset is None:
-        dataset = MemoryCache(NuScenesDataset(cfg, data_root, cfg.data.train_split))
+        dataset = NuScenesDataset(cfg, data_root, cfg.data.train_split)
+        if len(dataset) <= MEMORY_CACHE_MAX_SAMPLES:
+            dataset = MemoryCache(dataset)
     t = cfg.train
     last = t.steps if stop_at is None else min(stop_at, t.steps)
     sampler = StepBatchSampler(len(dataset), t.batch_size, t.seed, trainer.step, last, rank, world)
