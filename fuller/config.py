@@ -398,13 +398,13 @@ class FullerConfig:
                    list(self.train.inter_weights))
         g = self.geometry
         det = g.det_grid.resolution
-        lidar_stride = det / g.voxel_size[0]
+        xy_ratio = det / g.voxel_size[0]
         stages = len(self.model.lidar_channels) - 1
         _check(abs(g.voxel_size[0] - g.voxel_size[1]) <= _TOLERANCE, "geometry.voxel_size",
                "square voxels in x and y", list(g.voxel_size))
-        _check(any(abs(lidar_stride - 2**k) <= _TOLERANCE for k in range(stages + 1)), "geometry.det_grid.resolution",
+        _check(any(abs(xy_ratio - 2**k) <= _TOLERANCE for k in range(stages + 1)), "geometry.det_grid.resolution",
                f"the voxel size times a power of two <= 2**{stages} (one stride-2 per LiDAR stage after the first)",
-               f"{det:g} = {lidar_stride:g} x {g.voxel_size[0]:g}")
+               f"{det:g} = {xy_ratio:g} x {g.voxel_size[0]:g}")
         camera_stride = det / g.camera_bev.resolution
         _check(abs(camera_stride - round(camera_stride)) <= _TOLERANCE and round(camera_stride) >= 1,
                "geometry.det_grid.resolution", "a whole multiple of geometry.camera_bev.resolution",

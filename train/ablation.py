@@ -12,14 +12,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from fuller.config import FullerConfig
 
-from .checkpoint import load_checkpoint
 from .data import open_nuscenes
 from .predict import evaluate_model, load_model
-from .trainer import CHECKPOINT, default_device, train
+from .trainer import CHECKPOINT, default_device, run_finished, train
 
 
 @dataclass(frozen=True)
@@ -48,11 +46,6 @@ def variant_config(base: FullerConfig, variant: Variant, steps: int) -> FullerCo
     return cfg
 
 
-def _finished(run: Path, steps: int) -> bool:
-    ckpt = run / CHECKPOINT
-    return ckpt.is_file() and load_checkpoint(ckpt)[1]["step"] >= steps
-
-
 def run_ablation(base: FullerConfig, data_root: str | Path, out: str | Path, steps: int,
                  variants: tuple[Variant, ...] = VARIANTS, progress: bool = True) -> list[dict]:
     """Train and evaluate every variant; returns one row per variant (also in out/ablation.json)."""
@@ -65,13 +58,12 @@ def run_ablation(base: FullerConfig, data_root: str | Path, out: str | Path, ste
         cfg = variant_config(base, variant, steps)
         print(f"[{i}/{len(variants)}] {variant.label}: tasks {list(variant.tasks)}, inter {variant.inter}, "
               f"intra {'on' if variant.intra else 'off'}")
-        if not _finished(run, steps):
+        if not run_finished(run, steps):
             train(cfg, data_root, run, resume=(run / CHECKPOINT).is_file(), progress=progress)
         _, model = load_model(run / CHECKPOINT, device)
         metrics = evaluate_model(model, cfg, data_root, cfg.data.val_split, run / "eval", device, pictures=1,
                                  progress=progress, nusc=nusc)
         rows.append({"variant": variant.name, "label": variant.label, **headline(metrics)})
-        torch.cuda.empty_cache() if device.type == "cuda" else None
     naive = next((r for r in rows if r["variant"] == "naive"), None)
     for row in rows:
         for key in ("mAP", "NDS", "mIoU"):

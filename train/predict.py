@@ -27,12 +27,13 @@ def predict(model: FullerModel, cfg: FullerConfig, dataset, device: torch.device
     for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress, dynamic_ncols=True):
         out = {k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
                for k, v in model(batch.inputs.to(device)).items()}
+        empty = {"boxes": np.zeros((len(batch.samples), 0, 9), np.float32),
+                 "scores": np.zeros((len(batch.samples), 0), np.float32),
+                 "labels": np.zeros((len(batch.samples), 0), np.int64)}
+        out = {**empty, **out}
         for i, sample in enumerate(batch.samples):
-            has_det = "boxes" in out
             predictions[sample.token] = Prediction(
-                boxes=out["boxes"][i] if has_det else np.zeros((0, 9), np.float32),
-                scores=out["scores"][i] if has_det else np.zeros(0, np.float32),
-                labels=out["labels"][i] if has_det else np.zeros(0, np.int64),
+                boxes=out["boxes"][i], scores=out["scores"][i], labels=out["labels"][i],
                 map_probs=out["map_probs"][i] if "map_probs" in out else None)
     return predictions
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import re
 import time
 import warnings
@@ -70,8 +71,6 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], 
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -98,7 +97,7 @@ class Trainer:
         model = build_model(cfg).to(device)
         calibrator = GradientCalibrator(list(cfg.model.tasks), cfg.train.inter, list(cfg.train.inter_weights),
                                         seed=cfg.train.seed).to(device)
-        params = [p for p in model.parameters()] + [p for p in calibrator.parameters()]
+        params = [*model.parameters(), *calibrator.parameters()]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         t = cfg.train
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.steps, t.min_lr_ratio))
@@ -175,6 +174,12 @@ class Trainer:
         return self.update(self.backward(batch), batch.dropped_voxels)
 
 
+def run_finished(run: str | Path, steps: int) -> bool:
+    """Whether ``run`` holds a checkpoint that reached ``steps`` (the demo and the ablation reuse it)."""
+    ckpt = Path(run) / CHECKPOINT
+    return ckpt.is_file() and load_checkpoint(ckpt)[1]["step"] >= steps
+
+
 def _open_run(out: Path, resume: bool) -> Path | None:
     ckpt = out / CHECKPOINT
     if resume:
@@ -226,7 +231,7 @@ def train(cfg: FullerConfig, data_root: str | Path, out: str | Path, *, resume: 
     last = t.steps if stop_at is None else min(stop_at, t.steps)
     sampler = StepBatchSampler(len(dataset), t.batch_size, t.seed, trainer.step, last, rank, world)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(cfg), num_workers=t.num_workers)
-    run_log = RunLog(out, resume_step=trainer.step if resume_from else None, tensorboard=rank == 0) if rank == 0 else None
+    run_log = RunLog(out, resume_step=trainer.step if resume_from else None) if rank == 0 else None
     bar = tqdm(total=t.steps, initial=trainer.step, desc="train", unit="step", disable=not progress or rank != 0,
                dynamic_ncols=True)
     samples_done, clock = 0, time.perf_counter()

@@ -26,12 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fuller.config import load_config
     from fuller.synth.generate import SynthOptions, make_dataset
-    from fuller.train.checkpoint import load_checkpoint
     from fuller.train.data import NuScenesDataset, open_nuscenes
     from fuller.train.data.pictures import draw_sample
     from fuller.train.evaluation import format_table
     from fuller.train.predict import evaluate_model, load_model
-    from fuller.train.trainer import CHECKPOINT, default_device, train
+    from fuller.train.trainer import CHECKPOINT, default_device, run_finished, train
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, [f"train.steps={args.steps}"])
@@ -51,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     run_dir = out / "run"
     ckpt = run_dir / CHECKPOINT
-    done = ckpt.is_file() and load_checkpoint(ckpt)[1]["step"] >= args.steps
-    if done:
+    if run_finished(run_dir, args.steps):
         print(f"[3/5] reusing the trained model {ckpt}")
     else:
         print(f"[3/5] training a {cfg.name} FULLER model for {args.steps} steps "
