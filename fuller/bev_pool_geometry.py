@@ -28,6 +28,9 @@ from .config import GeometryConfig
 _INDEX_FIELDS = ("ranks_depth", "ranks_feat", "ranks_bev", "interval_starts", "interval_lengths")
 
 
+# Image pixels per camera feature pixel: the camera encoder's FPN output stride.
+FEATURE_STRIDE = 8
+
 @dataclass
 class BEVPoolGeometry:
     """Frustum-to-BEV index arrays for one sample (``batch_size`` 1) or a batch of samples.
@@ -79,7 +82,7 @@ def _invert(name: str, m: np.ndarray) -> np.ndarray:
         raise ValueError(f"{name}: expected invertible 4x4 matrices, got a singular one") from None
 
 
-def frustum(geometry: GeometryConfig, feature_stride: int = 8) -> np.ndarray:
+def frustum(geometry: GeometryConfig, feature_stride: int = FEATURE_STRIDE) -> np.ndarray:
     """(D, h, w, 3) network-input (u, v, d) of every frustum point, as BEVFusion's LSS builds it:
     feature cells spread over the full image width/height (``linspace(0, W - 1, w)``), depths
     ``depth_min + k * step``."""
@@ -108,7 +111,7 @@ def intervals(ranks_bev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def compute_geometry(geometry: GeometryConfig, lidar2image: np.ndarray, img_aug: np.ndarray,
-                     feature_stride: int = 8) -> BEVPoolGeometry:
+                     feature_stride: int = FEATURE_STRIDE) -> BEVPoolGeometry:
     """The pooling geometry of one sample's calibration.
 
     ``lidar2image`` (N, 4, 4) maps the (augmented) LiDAR frame to original-image (u z, v z, z, 1)
@@ -195,7 +198,8 @@ class GeometryCache:
     ``hits`` and ``misses`` count lookups, for the engine's timers and for tests.
     """
 
-    def __init__(self, geometry_cfg: GeometryConfig, feature_stride: int = 8, max_entries: int = 16) -> None:
+    def __init__(self, geometry_cfg: GeometryConfig, feature_stride: int = FEATURE_STRIDE,
+                 max_entries: int = 16) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries: expected an integer >= 1, got {max_entries}")
         self.geometry_cfg = geometry_cfg

@@ -54,3 +54,30 @@ def small_samples(small_cfg, synth_root, nusc):
 
     dataset = NuScenesDataset(small_cfg, synth_root, small_cfg.data.train_split, nusc=nusc)
     return [dataset[i] for i in range(4)]
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory, synth_root):
+    """A small network trained for 30 steps (BatchNorm statistics and heads no longer at their
+    initial values), saved as a training checkpoint; shared by the export and engine tests."""
+    from fuller.config import load_config
+    from fuller.train.trainer import train
+
+    cfg = load_config("tiny", [*SMALL_NETWORK, "train.steps=30", "train.checkpoint_every=30"])
+    out = tmp_path_factory.mktemp("small_run")
+    return train(cfg, synth_root, out, progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_onnx(tmp_path_factory, small_checkpoint):
+    """The small checkpoint exported to ONNX (skips where the export extra is not installed)."""
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install fuller[export])")
+    import torch
+
+    from fuller.export.graph import export_model
+    from fuller.train.predict import load_model
+
+    cfg, model = load_model(small_checkpoint, torch.device("cpu"))
+    path = tmp_path_factory.mktemp("export") / "small.onnx"
+    export_model(model, cfg, path)
+    return path

@@ -104,6 +104,13 @@ def test_registrations_pass_opcheck():
                           test_utils=checks)
 
 
+def test_int32_indices_as_in_the_exported_graph(path):
+    depth, feat, ranks, bev = random_case(12)
+    r32 = tuple(t.int() for t in as_torch(ranks))
+    out = torch.ops.fuller.bev_pool(torch.tensor(depth), torch.tensor(feat), *r32, bev)
+    np.testing.assert_allclose(out.numpy(), bev_pool_reference(depth, feat, *ranks, bev), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_accumulates_in_float32(dtype):
     depth, feat, ranks, bev = random_case(5, points=2000)  # long runs: fp16 accumulation would drift
@@ -164,8 +171,8 @@ def test_contract_violations_raise_naming_the_argument(name):
 def test_wrong_dtypes_raise():
     depth, feat, ranks, bev = random_case(9)
     r = as_torch(ranks)
-    with pytest.raises(TypeError, match="ranks_bev: expected dtype torch.int64, got torch.int32"):
-        torch.ops.fuller.bev_pool(torch.tensor(depth), torch.tensor(feat), r[0], r[1], r[2].int(), *r[3:], bev)
+    with pytest.raises(TypeError, match="ranks_bev: expected dtype torch.int32 or torch.int64, got torch.int16"):
+        torch.ops.fuller.bev_pool(torch.tensor(depth), torch.tensor(feat), r[0], r[1], r[2].short(), *r[3:], bev)
     with pytest.raises(TypeError, match="feat: expected dtype torch.float32"):
         torch.ops.fuller.bev_pool(torch.tensor(depth).float(), torch.tensor(feat), *r, bev)
     with pytest.raises(TypeError, match="depth: expected a floating dtype"):
@@ -364,3 +371,80 @@ def test_geometry_rejects_bad_calibration(tiny):
         compute_geometry(geometry, l2i, singular)
     with pytest.raises(ValueError, match="feature_stride"):
         compute_geometry(geometry, l2i, aug, feature_stride=7)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime kernels: NumPy (SciPy CSR) and ONNX Runtime, float32, int32 indices
+
+
+def _int32(ranks):
+    return tuple(np.asarray(r, dtype=np.int32) for r in ranks)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_numpy_kernel_matches_reference(seed):
+    from fuller.plugins.bev_pool.numpy_kernel import bev_pool_numpy
+
+    depth, feat, ranks, bev = random_case(seed)
+    want = bev_pool_reference(depth, feat, *ranks, bev)
+    got = bev_pool_numpy(depth.astype(np.float32), feat.astype(np.float32), *_int32(ranks), bev)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    half = bev_pool_numpy(depth.astype(np.float16), feat.astype(np.float16), *_int32(ranks), bev)
+    assert half.dtype == np.float16
+    np.testing.assert_allclose(half.astype(np.float64), want, rtol=5e-3, atol=5e-3)
+
+
+def test_numpy_kernel_checks_the_contract():
+    from fuller.plugins.bev_pool.numpy_kernel import bev_pool_numpy
+
+    depth, feat, ranks, bev = random_case(2)
+    rd, rf, rb, starts, lengths = _int32(ranks)
+    with pytest.raises(ValueError, match="ranks_bev: expected values sorted"):
+        bev_pool_numpy(depth, feat, rd, rf, rb[::-1].copy(), starts, lengths, bev)
+
+
+@pytest.fixture(scope="module")
+def ort_bev_pool():
+    onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install fuller[export])")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install fuller[export])")
+    pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions is not installed")
+    from onnx import TensorProto, helper
+
+    from fuller.plugins import ort_session_options, register_onnx_schemas
+    from fuller.plugins.bev_pool.reference import RANK_NAMES
+
+    register_onnx_schemas()
+    options = ort_session_options()
+
+    def run(depth, feat, ranks, bev):
+        b, x, y = bev
+        inputs = [helper.make_tensor_value_info("depth", TensorProto.FLOAT, list(depth.shape)),
+                  helper.make_tensor_value_info("feat", TensorProto.FLOAT, list(feat.shape)),
+                  *(helper.make_tensor_value_info(n, TensorProto.INT32, ["P" if i < 3 else "I"])
+                    for i, n in enumerate(RANK_NAMES))]
+        node = helper.make_node("BevPool", ["depth", "feat", *RANK_NAMES], ["out"], domain="fuller",
+                                batch_size=b, grid_x=x, grid_y=y)
+        out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [b, feat.shape[-1], x, y])
+        model = helper.make_model(helper.make_graph([node], "bev_pool", inputs, [out]), ir_version=10,
+                                  opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("fuller", 1)])
+        onnx.checker.check_model(model, full_check=True)
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feeds = {"depth": depth.astype(np.float32), "feat": feat.astype(np.float32),
+                 **dict(zip(RANK_NAMES, _int32(ranks)))}
+        return session.run(None, feeds)[0]
+
+    return run
+
+
+@pytest.mark.parametrize("points", [300, 0])
+def test_onnxruntime_kernel_matches_reference(ort_bev_pool, points):
+    """Including no points at all (every cell empty) and cells no point reaches."""
+    depth, feat, ranks, bev = random_case(3)
+    if points == 0:
+        ranks = tuple(np.zeros(0, np.int64) for _ in ranks)
+    want = bev_pool_reference(depth, feat, *ranks, bev)
+    got = ort_bev_pool(depth, feat, ranks, bev)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    if points == 0:
+        assert not got.any()

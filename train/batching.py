@@ -11,13 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fuller.bev_pool_geometry import GeometryCache, batch_geometries
+from fuller.bev_pool_geometry import FEATURE_STRIDE, GeometryCache, batch_geometries
 from fuller.config import FullerConfig
 from fuller.preprocess import normalize_images
 from fuller.voxelize import Voxelizer, batch_coords
 
 from .data.nuscenes_dataset import Sample
-from .model.camera_encoder import FEATURE_STRIDE, PoolGeometry
+from .model.camera_encoder import PoolGeometry
 from .model.fuller_model import ModelInputs, Targets
 
 

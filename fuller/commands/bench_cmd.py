@@ -1,4 +1,5 @@
-"""``fuller bench``: benchmarks that print tables (``train``: cost of gradient calibration)."""
+"""``fuller bench``: benchmarks that print tables (``train``: cost of gradient calibration;
+``infer``: per-stage latency of the inference backends)."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +22,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     t.set_defaults(func=run_train_bench)
 
+    i = kinds.add_parser(
+        "infer", help="per-stage latency: PyTorch vs ONNX Runtime (vs TensorRT) side by side",
+        description="Loads frames once, then runs every backend on each frame in turn and prints per-stage and "
+                    "end-to-end median/p95 latency and frames per second, with versions and hardware. A CUDA "
+                    "PyTorch row is added when a GPU is present.")
+    i.add_argument("--checkpoint", help="checkpoint.pt: PyTorch rows (CPU, and CUDA when available)")
+    i.add_argument("--model", action="append", default=[], help="model.onnx or model.engine (repeatable)")
+    i.add_argument("--data", help="nuScenes root to take frames from (default: a small synthetic set made in a "
+                                  "temporary folder)")
+    i.add_argument("--split", default=None, help="split to take frames from (default: the config's val split)")
+    i.add_argument("--frames", type=int, default=4, help="distinct frames to cycle through (default 4)")
+    i.add_argument("--rounds", type=int, default=20, help="timed frames per backend (default 20)")
+    i.add_argument("--warmup", type=int, default=3, help="untimed frames first (default 3)")
+    i.set_defaults(func=run_infer_bench)
+
 
 def run_train_bench(args: argparse.Namespace) -> int:
     from fuller.config import load_config
@@ -42,4 +58,45 @@ def run_train_bench(args: argparse.Namespace) -> int:
     device = default_device()
     rows = bench_train(cfg, samples, rounds=args.rounds, warmup=args.warmup, device=device)
     print(format_bench(rows, cfg, len(samples), device))
+    return 0
+
+
+def run_infer_bench(args: argparse.Namespace) -> int:
+    import logging
+
+    from fuller.engine import Engine
+    from fuller.engine.bench import bench_engines, format_bench
+    from fuller.engine.offline import frames, open_split
+    from fuller.errors import UserInputError
+    from fuller.synth.generate import SynthOptions, make_dataset
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.checkpoint and not args.model:
+        raise UserInputError("bench infer: give --checkpoint and/or --model")
+    engines = {}
+    if args.checkpoint:
+        engines["pytorch (cpu)"] = Engine.load(args.checkpoint)
+        import torch
+        if torch.cuda.is_available():
+            engines["pytorch (cuda)"] = Engine.load(args.checkpoint, device="cuda")
+    for path in args.model:
+        engine = Engine.load(path)
+        engines[engine.backend.name] = engine
+    cfg = next(iter(engines.values())).config
+    with tempfile.TemporaryDirectory(prefix="fuller-bench-") as tmp:
+        root = args.data
+        if root is None:
+            root = tmp
+            print(f"making a small synthetic dataset in {tmp}")
+            make_dataset(tmp, SynthOptions(scenes=10, samples_per_scene=1, sweeps_per_sample=cfg.geometry.sweeps - 1,
+                                           version=cfg.data.version), progress=False)
+        dataset = open_split(cfg, root, args.split or cfg.data.val_split)
+        loaded = []
+        for _, calibration, sample in frames(dataset, progress=False):
+            loaded.append((calibration, sample.images, sample.points))
+            if len(loaded) == args.frames:
+                break
+    results = bench_engines(engines, loaded, args.rounds, args.warmup)
+    reference = "pytorch (cpu)" if "pytorch (cpu)" in engines else None
+    print(format_bench(results, {name: e.describe() for name, e in engines.items()}, reference))
     return 0

@@ -57,8 +57,8 @@ def check_indices(depth_shape: Sequence[int], ranks: Sequence[np.ndarray], bev_s
     """Validate the index values: in range, ranks_bev sorted, intervals exactly its runs."""
     ranks_depth, ranks_feat, ranks_bev, starts, lengths = (np.asarray(r) for r in ranks)
     for name, r in zip(RANK_NAMES, (ranks_depth, ranks_feat, ranks_bev, starts, lengths)):
-        if r.dtype != np.int64:
-            raise TypeError(f"bev_pool: {name}: expected dtype int64, got {r.dtype}")
+        if r.dtype not in (np.int32, np.int64):
+            raise TypeError(f"bev_pool: {name}: expected dtype int32 or int64, got {r.dtype}")
     bn, d, h, w = depth_shape
     limits = {"ranks_depth": bn * d * h * w, "ranks_feat": bn * h * w,
               "ranks_bev": int(np.prod(list(bev_shape)))}

@@ -45,8 +45,8 @@ def _check_tensors(depth: torch.Tensor, feat: torch.Tensor, ranks: tuple[torch.T
     if feat.dtype != depth.dtype:
         raise TypeError(f"bev_pool: feat: expected dtype {depth.dtype} (that of depth), got {feat.dtype}")
     for name, r in zip(RANK_NAMES, ranks):
-        if r.dtype != torch.int64:
-            raise TypeError(f"bev_pool: {name}: expected dtype torch.int64, got {r.dtype}")
+        if r.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"bev_pool: {name}: expected dtype torch.int32 or torch.int64, got {r.dtype}")
     for name, t in (("feat", feat), *zip(RANK_NAMES, ranks)):
         if t.device != depth.device:
             _fail(name, f"a tensor on {depth.device} (the device of depth)", f"one on {t.device}")
@@ -222,3 +222,20 @@ def _backward(ctx, grad_out):
 
 
 bev_pool.register_autograd(_backward, setup_context=_setup_context)
+
+
+def register_onnx_symbolic(opset: int) -> None:
+    """Teach the TorchScript exporter the ``fuller::BevPool`` node (SPEC.md, schema.py)."""
+    from torch.onnx import register_custom_op_symbolic, symbolic_helper
+
+    from .schema import DOMAIN, OP_TYPE
+
+    @symbolic_helper.parse_args("v", "v", "v", "v", "v", "v", "v", "is")
+    def symbolic(g, depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths, bev_shape):
+        out = g.op(f"{DOMAIN}::{OP_TYPE}", depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_starts,
+                   interval_lengths, batch_size_i=bev_shape[0], grid_x_i=bev_shape[1], grid_y_i=bev_shape[2])
+        channels = symbolic_helper._get_tensor_sizes(feat)[-1]
+        out.setType(feat.type().with_sizes([bev_shape[0], channels, bev_shape[1], bev_shape[2]]))
+        return out
+
+    register_custom_op_symbolic("fuller::bev_pool", symbolic, opset)

@@ -21,7 +21,6 @@ from .fpn import FPN
 from .norm import norm2d
 from .resnet import ResNet, load_torchvision_weights
 
-FEATURE_STRIDE = 8
 
 
 class PoolGeometry(NamedTuple):
@@ -69,5 +68,5 @@ class CameraEncoder(nn.Module):
         x = self.depthnet(features)
         depth = x[:, : self.num_depth_bins].softmax(dim=1)
         context = x[:, self.num_depth_bins:].permute(0, 2, 3, 1).contiguous()
-        bev = torch.ops.fuller.bev_pool(depth, context, *geometry, [b, *self.bev_shape])
+        bev = torch.ops.fuller.bev_pool(depth, context, *geometry, [int(b), *self.bev_shape])
         return self.downsample(bev)

@@ -1,0 +1,42 @@
+"""ONNX Runtime backend: the exported graph with the fuller custom-op CPU kernels registered; the
+config comes from the graph's metadata, so the artefact is self-describing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+
+from fuller.config import FullerConfig, config_from_dict
+from fuller.errors import UserInputError
+from fuller.export import contract
+from fuller.plugins import ort_session_options
+
+
+def read_config(model: onnx.ModelProto, path: Path) -> FullerConfig:
+    import yaml
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    if contract.META_CONFIG not in meta:
+        raise UserInputError(f"{path}: no {contract.META_CONFIG!r} in the ONNX metadata; export it with fuller export")
+    return config_from_dict(yaml.safe_load(meta[contract.META_CONFIG]))
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, providers: list[str] | None = None) -> None:
+        self.path = Path(path)
+        self.config = read_config(onnx.load(str(self.path), load_external_data=False), self.path)
+        self.session = onnxruntime.InferenceSession(str(self.path), ort_session_options(),
+                                                    providers=providers or ["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        wanted = {i.name for i in self.session.get_inputs()}
+        outputs = self.session.run(self.output_names, {k: v for k, v in feeds.items() if k in wanted})
+        return dict(zip(self.output_names, outputs))
+
+    def describe(self) -> str:
+        return f"ONNX Runtime {onnxruntime.__version__} ({', '.join(self.session.get_providers())})"

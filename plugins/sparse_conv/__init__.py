@@ -1,0 +1,1 @@
+"""``fuller::SparseConv3d``: one sparse 3-D convolution on a fixed-capacity voxel list (SPEC.md)."""
