@@ -116,8 +116,8 @@ def frames(exported, synth_root, nusc):
 
 
 def test_onnxruntime_outputs_match_pytorch(small_onnx, small_checkpoint, frames):
-    """Map probabilities within 1e-4, every box above 0.05 matched by a same-class box within
-    1 mm, and the labels of the ranked boxes equal."""
+    """Map probabilities within 1e-4, scores within 1e-5, and every box above 0.05 matched by a box
+    of the same class within 1 mm."""
     from fuller.engine.backends.ort_backend import OnnxRuntimeBackend
     from fuller.engine.backends.torch_backend import TorchBackend
     from fuller.engine.parity import Comparison
@@ -125,12 +125,11 @@ def test_onnxruntime_outputs_match_pytorch(small_onnx, small_checkpoint, frames)
     ort, ref = OnnxRuntimeBackend(small_onnx), TorchBackend(small_checkpoint)
     comparison = Comparison(score_threshold=0.05)
     for feeds in frames:
-        a, b = ref.run(feeds), ort.run(feeds)
-        comparison.add(a, b)
-        np.testing.assert_array_equal(a["labels"], b["labels"])
+        comparison.add(ref.run(feeds), ort.run(feeds))
     assert comparison.outputs["map_probs"].max_abs <= 1e-4
+    assert comparison.outputs["scores"].max_abs <= 1e-5
     assert comparison.boxes.reference > 0, "no box above 0.05: the comparison would be empty"
-    assert comparison.boxes.matched == comparison.boxes.reference, comparison.boxes
+    assert comparison.boxes.matched(1e-3) == comparison.boxes.reference, comparison.boxes
     assert comparison.failures() == []
 
 

@@ -70,10 +70,10 @@ def parity_report(reference, other, data, split, out, map_max_abs, box_tolerance
     failures = comparison.failures(map_max_abs, box_tolerance)
     failures += [f"{name}: delta {value:+.3f} points exceeds {metric_points:g}"
                  for name, value in deltas.items() if abs(value) > metric_points]
-    table = format_parity(comparison, deltas, reference.backend.name, other.backend.name,
-                          comparison.outputs[next(iter(comparison.outputs))].count if comparison.outputs else 0)
-    record = {"outputs": {k: vars(v) for k, v in comparison.outputs.items()},
-              "boxes": {k: v for k, v in vars(comparison.boxes).items() if k != "distances"},
+    frames = comparison.outputs[next(iter(comparison.outputs))].count if comparison.outputs else 0
+    table = format_parity(comparison, deltas, reference.backend.name, other.backend.name, frames, box_tolerance)
+    record = {"frames": frames, "outputs": {k: vars(v) for k, v in comparison.outputs.items()},
+              "boxes": comparison.boxes.record(box_tolerance),
               "metric_deltas_points": deltas, "failures": failures}
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "parity.json").write_text(json.dumps(record, indent=2))

@@ -228,12 +228,13 @@ def register_onnx_symbolic(opset: int) -> None:
     """Teach the TorchScript exporter the ``fuller::BevPool`` node (SPEC.md, schema.py)."""
     from torch.onnx import register_custom_op_symbolic, symbolic_helper
 
-    from .schema import DOMAIN, OP_TYPE
+    from .schema import AOT, DOMAIN, OP_TYPE
 
     @symbolic_helper.parse_args("v", "v", "v", "v", "v", "v", "v", "is")
     def symbolic(g, depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths, bev_shape):
         out = g.op(f"{DOMAIN}::{OP_TYPE}", depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_starts,
-                   interval_lengths, batch_size_i=bev_shape[0], grid_x_i=bev_shape[1], grid_y_i=bev_shape[2])
+                   interval_lengths, batch_size_i=bev_shape[0], grid_x_i=bev_shape[1], grid_y_i=bev_shape[2],
+                   plugin_namespace_s=DOMAIN, aot_i=AOT)
         channels = symbolic_helper._get_tensor_sizes(feat)[-1]
         out.setType(feat.type().with_sizes([bev_shape[0], channels, bev_shape[1], bev_shape[2]]))
         return out

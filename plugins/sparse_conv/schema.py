@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from onnx import defs
 
+from ..onnx_common import tensorrt_attributes
+
 DOMAIN, OP_TYPE, VERSION = "fuller", "SparseConv3d", 1
+AOT = 0  # several kernel launches per call: a just-in-time plugin (trt_plugin.py)
 ATTRIBUTES = {
     **{f"{name}_{a}": f"{name} along {a}" for name in ("kernel", "stride", "padding") for a in "xyz"},
     **{f"shape_{a}": f"input grid cells along {a}" for a in "xyz"},
@@ -25,5 +28,7 @@ def schema() -> defs.OpSchema:
                  P("out_coords", "tensor(int32)", "(out_capacity, 4), -1 past out_count"),
                  P("out_count", "tensor(int32)", "(1,)")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float32, or float16 accumulated in float32")],
-        attributes=[defs.OpSchema.Attribute(name, defs.OpSchema.AttrType.INT, text, required=True)
-                    for name, text in ATTRIBUTES.items()])
+        attributes=[*(defs.OpSchema.Attribute(name, defs.OpSchema.AttrType.INT, text, required=True)
+                      for name, text in ATTRIBUTES.items()),
+                    *tensorrt_attributes()])
+

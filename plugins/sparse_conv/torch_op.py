@@ -12,7 +12,7 @@ import torch
 
 from .reference import AXES, ConvGeometry
 from .rulebook import sparse_conv3d as sparse_conv3d_numpy
-from .schema import DOMAIN, OP_TYPE
+from .schema import AOT, DOMAIN, OP_TYPE
 
 
 def _geometry(kernel, stride, padding, shape, subm, out_capacity) -> ConvGeometry:
@@ -47,7 +47,7 @@ def register_onnx_symbolic(opset: int) -> None:
     def symbolic(g, features, coords, count, weight, bias, kernel, stride, padding, shape, subm, out_capacity):
         attrs = _geometry(kernel, stride, padding, shape, subm, out_capacity).attributes()
         outs = g.op(f"{DOMAIN}::{OP_TYPE}", features, coords, count, weight, bias,
-                    **{f"{k}_i": v for k, v in attrs.items()}, outputs=3)
+                    **{f"{k}_i": v for k, v in attrs.items()}, plugin_namespace_s=DOMAIN, aot_i=AOT, outputs=3)
         cout = symbolic_helper._get_tensor_sizes(weight)[-1]
         outs[0].setType(features.type().with_sizes([out_capacity, cout]))
         outs[1].setType(coords.type().with_sizes([out_capacity, 4]))
