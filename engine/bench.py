@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import platform
 
-import numpy as np
-
 from .engine import STAGES, Engine
 
 
@@ -61,6 +59,3 @@ def format_bench(results: dict[str, dict[str, dict[str, float]]], descriptions: 
     lines.append(f"timed frames per backend: {', '.join(map(str, sorted(counts)))}")
     return "\n".join(lines)
 
-
-def median_ratio(results: dict, a: str, b: str, stage: str = "total") -> float:
-    return float(np.divide(results[a][stage]["median_ms"], results[b][stage]["median_ms"]))

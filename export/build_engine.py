@@ -203,16 +203,16 @@ def _import_tensorrt():
     return tensorrt
 
 
-def _register_plugins(model) -> None:
-    """Register both plugins; the kernels of the graph's custom nodes need Triton at build time."""
+def register_plugins() -> None:
+    """Register both plugins (engine build and runtime): their kernels need Triton, at build time
+    for BevPool's ahead-of-time PTX and at run time for SparseConv3d's just-in-time launches."""
     from fuller.plugins.bev_pool import trt_plugin as bev_pool_plugin
     from fuller.plugins.sparse_conv import trt_plugin as sparse_conv_plugin
 
-    if any(node.domain == "fuller" for node in model.graph.node):
-        try:
-            import triton  # noqa: F401
-        except ImportError as exc:
-            raise UserInputError("the fuller plugins' GPU kernels need Triton: pip install triton") from exc
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        raise UserInputError("the fuller plugins' GPU kernels need Triton: pip install triton") from exc
     bev_pool_plugin.register()
     sparse_conv_plugin.register()
 
@@ -260,7 +260,7 @@ def build(args: argparse.Namespace) -> Path:
     metadata = read_metadata(model)
     shapes = profile_shapes(model, metadata)
     gpu_name, capability = current_gpu()
-    _register_plugins(model)
+    register_plugins()
     if args.fp16:
         from fuller.export.fp16 import cast_to_fp16
 

@@ -20,7 +20,7 @@ from torch import nn
 import fuller.plugins.bev_pool.torch_op as bev_pool_op
 import fuller.plugins.sparse_conv.torch_op as sparse_conv_op
 from fuller.config import FullerConfig, config_hash, config_to_yaml
-from fuller.plugins import register_onnx_schemas
+from fuller.plugins import DOMAIN, register_onnx_schemas
 from fuller.bev_pool_geometry import FEATURE_STRIDE
 from fuller.train.model.camera_encoder import PoolGeometry
 from fuller.train.model.fuller_model import FullerModel
@@ -100,7 +100,7 @@ def export_model(model: FullerModel, cfg: FullerConfig, out: str | Path, step: i
         torch.onnx.export(module, example_inputs(cfg, module), buffer, opset_version=OPSET, dynamo=False,
                           input_names=module.input_names, output_names=module.output_names,
                           dynamic_axes={n: {0: d} for n, d in contract.DYNAMIC_DIMS.items() if n in module.input_names},
-                          custom_opsets={contract_domain(): 1}, do_constant_folding=True)
+                          custom_opsets={DOMAIN: 1}, do_constant_folding=True)
     proto = onnx.load_from_string(buffer.getvalue())
     proto.ir_version = IR_VERSION
     metadata = {contract.META_CONFIG: config_to_yaml(cfg), contract.META_CONFIG_HASH: config_hash(cfg),
@@ -115,11 +115,6 @@ def export_model(model: FullerModel, cfg: FullerConfig, out: str | Path, step: i
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(out))
     return proto
-
-
-def contract_domain() -> str:
-    from fuller.plugins import DOMAIN
-    return DOMAIN
 
 
 def check_graph(proto: onnx.ModelProto) -> None:

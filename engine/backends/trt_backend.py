@@ -11,15 +11,7 @@ import yaml
 
 from fuller.config import config_from_dict
 from fuller.errors import UserInputError
-from fuller.export.build_engine import TENSORRT_MISSING, check_sidecar, current_gpu
-
-
-def _register_plugins() -> None:
-    from fuller.plugins.bev_pool import trt_plugin as bev_pool
-    from fuller.plugins.sparse_conv import trt_plugin as sparse_conv
-
-    bev_pool.register()
-    sparse_conv.register()
+from fuller.export.build_engine import TENSORRT_MISSING, check_sidecar, current_gpu, register_plugins
 
 
 class TensorRTBackend:
@@ -37,7 +29,7 @@ class TensorRTBackend:
         self.config = config_from_dict(yaml.safe_load(self.record["config"]))
         self.precision = self.record["precision"]
         self.trt_version = trt.__version__
-        _register_plugins()
+        register_plugins()
         self.runner = TrtRunner(EngineFromBytes(self.path.read_bytes()))
         self.runner.activate()
         self.input_names = set(self.runner.get_input_metadata().keys())
