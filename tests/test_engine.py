@@ -216,3 +216,18 @@ def test_box_matching_exempts_only_ties_at_the_cut():
     c = Comparison(score_threshold=0.1)
     c.add(ref, swapped)
     assert c.boxes.tied == 1 and c.boxes.reference == 2
+
+
+def test_points_outside_the_grid_change_nothing(engine, sample):
+    """Points beyond point_cloud_range (and below or above it) are dropped by the voxeliser: the
+    graph inputs, and so the outputs, are those of the cloud without them."""
+    calibration, raw = sample
+    engine.update_calibration(calibration)
+    lo, hi = np.array(engine.config.geometry.point_cloud_range[:3]), np.array(engine.config.geometry.point_cloud_range[3:])
+    rng = np.random.default_rng(0)
+    outside = rng.uniform(-1, 1, (500, 5)).astype(np.float32)
+    outside[:, :3] = np.where(outside[:, :3] > 0, hi + 1 + outside[:, :3] * 50, lo - 1 + outside[:, :3] * 50)
+    a = engine.infer(raw.images, raw.points).outputs
+    b = engine.infer(raw.images, np.concatenate([raw.points, outside])).outputs
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])

@@ -2,9 +2,9 @@
 
 Shared by the torch op's CPU path and the ONNX Runtime kernel, so both compute the same thing the
 same way. Sites are int64 keys ``((b * X + x) * Y + y) * Z + z``; neighbours are found with one
-``searchsorted`` per tap over the sorted keys (no Python loop over voxels), and each tap is one
-matrix product of the gathered rows. Within one tap every output site has at most one input, so
-the scatter ``out[o] += rows`` has no repeated indices and needs no atomic add.
+``searchsorted`` per tap over the sorted keys (no Python loop over voxels) into a (sites, taps)
+table, and the convolution is a GEMM of each block of gathered neighbourhoods with the whole
+filter, so nothing is scattered.
 """
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ import itertools
 import numpy as np
 
 from .reference import ConvGeometry, check_inputs
+
+
+# Gathered neighbourhood elements per GEMM block (16 MB of float32): bounds memory at any capacity.
+BLOCK_ELEMENTS = 1 << 22
 
 
 def site_keys(coords: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -48,9 +52,9 @@ def output_sites(coords: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     return keys_to_coords(keys, geom.out_shape)
 
 
-def neighbour_pairs(in_coords: np.ndarray, out_coords: np.ndarray, geom: ConvGeometry
-                    ) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Per tap (flat tap index, input rows, output rows) with input = output * stride - padding + tap."""
+def neighbour_table(in_coords: np.ndarray, out_coords: np.ndarray, geom: ConvGeometry) -> np.ndarray:
+    """(M, taps) int64: for output site m and tap t, the input row at m * stride - padding + t,
+    or ``len(in_coords)`` (a zero row appended by the caller) where there is none."""
     in_keys = site_keys(in_coords, geom.shape)
     order = np.argsort(in_keys, kind="stable")
     sorted_keys = in_keys[order]
@@ -58,33 +62,44 @@ def neighbour_pairs(in_coords: np.ndarray, out_coords: np.ndarray, geom: ConvGeo
         dup = order[np.flatnonzero(np.diff(sorted_keys) == 0)[0]]
         raise ValueError(f"sparse_conv3d: coords: site {in_coords[dup].tolist()} appears in more than one row")
     shape = np.array(geom.shape)
-    pairs = []
+    table = np.full((len(out_coords), geom.taps), len(in_coords), dtype=np.int64)
+    if not len(sorted_keys):
+        return table
+    base = out_coords[:, 1:].astype(np.int64) * np.array(geom.stride) - np.array(geom.padding)
     for t, tap in enumerate(_taps(geom)):
-        p = out_coords[:, 1:].astype(np.int64) * np.array(geom.stride) - np.array(geom.padding) + np.array(tap)
+        p = base + np.array(tap)
         inside = np.flatnonzero(((p >= 0) & (p < shape)).all(1))
         keys = site_keys(np.concatenate([out_coords[inside, :1], p[inside]], axis=1), geom.shape)
-        pos = np.minimum(np.searchsorted(sorted_keys, keys), max(len(sorted_keys) - 1, 0))
-        hit = sorted_keys[pos] == keys if len(sorted_keys) else np.zeros(len(keys), bool)
-        if hit.any():
-            pairs.append((t, order[pos[hit]], inside[hit]))
-    return pairs
+        pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+        hit = sorted_keys[pos] == keys
+        table[inside[hit], t] = order[pos[hit]]
+    return table
 
 
 def sparse_conv3d(features: np.ndarray, coords: np.ndarray, count: np.ndarray, weight: np.ndarray,
                   bias: np.ndarray, geom: ConvGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SPEC.md semantics; outputs in the dtype of ``features`` (float16 accumulates in float32)."""
+    """SPEC.md semantics; outputs in the dtype of ``features`` (float16 accumulates in float32).
+
+    Each block of output rows gathers its (rows, taps x Cin) neighbourhood, with a zero row standing
+    in for missing neighbours, and multiplies it by the (taps x Cin, Cout) filter: one GEMM per
+    block instead of a gather, a GEMM and a scatter per tap."""
     c = check_inputs(features, coords, count, weight, bias, geom)
     compute = np.float64 if features.dtype == np.float64 else np.float32
-    feats = features[:c].astype(compute, copy=False)
+    cin, cout = weight.shape[3], weight.shape[4]
+    rows = np.zeros((c + 1, cin), dtype=compute)
+    rows[:c] = features[:c]
     in_coords = coords[:c]
     out_coords = output_sites(in_coords, geom)[: geom.out_capacity]
-    m, cout = len(out_coords), weight.shape[4]
-    w = weight.astype(compute, copy=False).reshape(geom.taps, weight.shape[3], cout)
+    m = len(out_coords)
+    w = weight.astype(compute, copy=False).reshape(geom.taps * cin, cout)
     out = np.zeros((geom.out_capacity, cout), dtype=compute)
     if m:
-        out[:m] = bias.astype(compute)
-        for t, i, o in neighbour_pairs(in_coords, out_coords, geom):
-            out[o] += feats[i] @ w[t]
+        table = neighbour_table(in_coords, out_coords, geom)
+        step = max(1, BLOCK_ELEMENTS // (geom.taps * cin))
+        for s in range(0, m, step):
+            e = min(s + step, m)
+            out[s:e] = rows[table[s:e]].reshape(e - s, geom.taps * cin) @ w
+        out[:m] += bias.astype(compute)
     padded = np.full((geom.out_capacity, 4), -1, dtype=np.int32)
     padded[:m] = out_coords
     return out.astype(features.dtype, copy=False), padded, np.array([m], dtype=np.int32)
