@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 
 
@@ -38,21 +39,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     i.set_defaults(func=run_infer_bench)
 
 
+@contextlib.contextmanager
+def bench_data(data: str | None, cfg):
+    """``data``, or a small synthetic dataset made in a temporary folder for the benchmark's run."""
+    if data is not None:
+        yield data
+        return
+    from fuller.synth.generate import SynthOptions, make_dataset
+
+    with tempfile.TemporaryDirectory(prefix="fuller-bench-") as tmp:
+        print(f"making a small synthetic dataset in {tmp}")
+        make_dataset(tmp, SynthOptions(scenes=10, samples_per_scene=1, sweeps_per_sample=cfg.geometry.sweeps - 1,
+                                       version=cfg.data.version), progress=False)
+        yield tmp
+
+
 def run_train_bench(args: argparse.Namespace) -> int:
     from fuller.config import load_config
-    from fuller.synth.generate import SynthOptions, make_dataset
     from fuller.train.bench import bench_train, format_bench
     from fuller.train.data import NuScenesDataset
     from fuller.train.trainer import default_device
 
     cfg = load_config(args.config, args.set)
-    with tempfile.TemporaryDirectory(prefix="fuller-bench-") as tmp:
-        root = args.data
-        if root is None:
-            root = tmp
-            print(f"making a small synthetic dataset in {tmp}")
-            make_dataset(tmp, SynthOptions(scenes=10, samples_per_scene=1, sweeps_per_sample=cfg.geometry.sweeps - 1,
-                                           version=cfg.data.version), progress=False)
+    with bench_data(args.data, cfg) as root:
         dataset = NuScenesDataset(cfg, root, cfg.data.train_split)
         samples = [dataset[i] for i in range(min(cfg.train.batch_size, len(dataset)))]
     device = default_device()
@@ -68,7 +77,6 @@ def run_infer_bench(args: argparse.Namespace) -> int:
     from fuller.engine.bench import bench_engines, format_bench
     from fuller.engine.offline import frames, open_split
     from fuller.errors import UserInputError
-    from fuller.synth.generate import SynthOptions, make_dataset
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.checkpoint and not args.model:
@@ -83,13 +91,7 @@ def run_infer_bench(args: argparse.Namespace) -> int:
         engine = Engine.load(path)
         engines[engine.backend.name] = engine
     cfg = next(iter(engines.values())).config
-    with tempfile.TemporaryDirectory(prefix="fuller-bench-") as tmp:
-        root = args.data
-        if root is None:
-            root = tmp
-            print(f"making a small synthetic dataset in {tmp}")
-            make_dataset(tmp, SynthOptions(scenes=10, samples_per_scene=1, sweeps_per_sample=cfg.geometry.sweeps - 1,
-                                           version=cfg.data.version), progress=False)
+    with bench_data(args.data, cfg) as root:
         dataset = open_split(cfg, root, args.split or cfg.data.val_split)
         loaded = []
         for _, calibration, sample in frames(dataset, progress=False):

@@ -52,13 +52,19 @@ NUM_WARPS = 4
 if HAS_TRITON:
 
     @triton.jit
+    def _load_sites(coords_ptr, rows, mask):
+        """(b as int64, x, y, z) of ``rows`` of an (N, 4) int32 coordinate list."""
+        b = tl.load(coords_ptr + rows * 4, mask=mask, other=0).to(tl.int64)
+        x = tl.load(coords_ptr + rows * 4 + 1, mask=mask, other=0)
+        y = tl.load(coords_ptr + rows * 4 + 2, mask=mask, other=0)
+        z = tl.load(coords_ptr + rows * 4 + 3, mask=mask, other=0)
+        return b, x, y, z
+
+    @triton.jit
     def _scatter_rows_kernel(coords_ptr, n_valid, grid_ptr, size_x, size_y, size_z, BLOCK: tl.constexpr):
         rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         ok = rows < n_valid
-        b = tl.load(coords_ptr + rows * 4, mask=ok, other=0).to(tl.int64)
-        x = tl.load(coords_ptr + rows * 4 + 1, mask=ok, other=0)
-        y = tl.load(coords_ptr + rows * 4 + 2, mask=ok, other=0)
-        z = tl.load(coords_ptr + rows * 4 + 3, mask=ok, other=0)
+        b, x, y, z = _load_sites(coords_ptr, rows, ok)
         tl.store(grid_ptr + ((b * size_x + x) * size_y + y) * size_z + z, rows, mask=ok)
 
     @triton.jit
@@ -68,10 +74,7 @@ if HAS_TRITON:
                              PZ: tl.constexpr, BLOCK: tl.constexpr):
         rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         ok = rows < n_valid
-        b = tl.load(coords_ptr + rows * 4, mask=ok, other=0).to(tl.int64)
-        x = tl.load(coords_ptr + rows * 4 + 1, mask=ok, other=0)
-        y = tl.load(coords_ptr + rows * 4 + 2, mask=ok, other=0)
-        z = tl.load(coords_ptr + rows * 4 + 3, mask=ok, other=0)
+        b, x, y, z = _load_sites(coords_ptr, rows, ok)
         for tap in range(KX * KY * KZ):
             # Output o receives input p through tap t when p = o * stride - padding + t.
             nx = x + PX - tap // (KY * KZ)
@@ -92,10 +95,7 @@ if HAS_TRITON:
                               BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < n_out
-        b = tl.load(out_coords_ptr + rows * 4, mask=row_ok, other=0).to(tl.int64)
-        ox = tl.load(out_coords_ptr + rows * 4 + 1, mask=row_ok, other=0)
-        oy = tl.load(out_coords_ptr + rows * 4 + 2, mask=row_ok, other=0)
-        oz = tl.load(out_coords_ptr + rows * 4 + 3, mask=row_ok, other=0)
+        b, ox, oy, oz = _load_sites(out_coords_ptr, rows, row_ok)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = cols < c_out
         ks = tl.arange(0, BLOCK_K)
