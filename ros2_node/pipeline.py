@@ -35,7 +35,7 @@ from .types import (CAMERA_INFO, COMPRESSED_IMAGE, DETECTION3D_ARRAY, DIAGNOSTIC
 
 LOG = logging.getLogger("fuller.ros2_node")
 TF_TOPIC, TF_STATIC_TOPIC, DIAGNOSTICS_TOPIC = "/tf", "/tf_static", "/diagnostics"
-PIPELINE_STAGES = ("sweeps", "messages", "frame")  # besides the engine's STAGES
+PIPELINE_STAGES = ("sweeps", "messages", "frame")  # per frame, besides the engine's STAGES; "decode" is per message
 
 
 class Output(NamedTuple):
@@ -114,7 +114,8 @@ class PerceptionPipeline:
             return []
         stamp = stamp_ns(msg.header)
         if topic == self.params.lidar_topic:
-            points, dropped = points_from_cloud(msg)
+            with self.timers("decode"):
+                points, dropped = points_from_cloud(msg)
             self.counters["nonfinite_points"] += dropped
             if len(points) == 0:
                 self._drop("empty_cloud", f"{topic}: cloud at {stamp * 1e-9:.6f} s has no finite points "
@@ -124,7 +125,8 @@ class PerceptionPipeline:
             self.sweeps.add(sweep)
             return self.sync.add_cloud(stamp, sweep)
         camera = self._image_topics[topic]
-        rgb = compressed_to_rgb(msg) if typename == COMPRESSED_IMAGE else image_to_rgb(msg)
+        with self.timers("decode"):
+            rgb = compressed_to_rgb(msg) if typename == COMPRESSED_IMAGE else image_to_rgb(msg)
         return self.sync.add_image(camera, stamp, (msg.header.frame_id, rgb))
 
     # -- one frame -----------------------------------------------------------------------------

@@ -288,3 +288,26 @@ def test_replay_of_a_damaged_bag_runs_to_the_end_with_warnings_and_counts(scene_
     assert stamps == ([k3] if policy == "skip" else [k2, k3]) and report.frames == len(stamps)
     text = "\n".join(warnings)
     assert "no finite points" in text and "cam_front/camera_info" in text and "CAM_BACK" in text
+
+
+@pytest.mark.slow
+def test_cli_nusc2bag_then_replay(synth_root, small_onnx, tmp_path, capsys):
+    from fuller.cli import main
+    from fuller.ros2_node.bag import topics
+    from fuller.ros2_node.types import DETECTION3D_ARRAY, DIAGNOSTIC_ARRAY
+
+    bag, out = tmp_path / "scene.mcap", tmp_path / "replayed.mcap"
+    assert main(["nusc2bag", "--data", synth_root, "--scene", "scene-0916", "--out", str(bag)]) == 0
+    assert main(["replay", "--bag", str(bag), "--model", str(small_onnx), "--out", str(out),
+                 "--param", "score_threshold=0.2", "--param", "missing_camera=blank"]) == 0
+    printed = capsys.readouterr().out
+    assert "frames: 3 in" in printed and "inference" in printed
+    written = topics(out)
+    assert written["/fuller/detections"] == (DETECTION3D_ARRAY, 3)
+    assert written["/diagnostics"] == (DIAGNOSTIC_ARRAY, 1)
+    assert {t: v for t, v in written.items() if t in topics(bag)} == topics(bag)  # inputs kept as they were
+    assert main(["replay", "--bag", str(bag), "--model", str(small_onnx), "--out", str(out),
+                 "--param", "missing_camera=maybe"]) == 2
+    assert "parameter missing_camera: expected one of ['skip', 'blank']" in capsys.readouterr().err
+    assert main(["nusc2bag", "--data", synth_root, "--scene", "scene-9999", "--out", str(bag)]) == 2
+    assert "scene 'scene-9999': not in" in capsys.readouterr().err
