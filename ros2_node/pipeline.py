@@ -87,15 +87,8 @@ class PerceptionPipeline:
         except Exception as e:  # rosbags raises several types on truncated or garbled CDR
             self._drop("malformed_message", f"{topic}: cannot deserialize as {typename} ({type(e).__name__}: {e})")
             return []
-        try:
-            frames = self._route(topic, typename, msg)
-        except TransformError as e:
-            self._drop("bad_transform", f"{topic}: {e}")
-            return []
-        except FrameError as e:
-            self._drop("malformed_message", f"{topic}: {e}")
-            return []
-        return [out for frame in frames for out in self._process(frame)]
+        frames = self._guarded(lambda: self._route(topic, typename, msg), topic, "malformed_message")
+        return [out for frame in frames or () for out in self._process(frame)]
 
     def flush(self) -> list[Output]:
         """End of a stream (a replay): resolve the clouds still waiting for cameras."""
@@ -141,25 +134,25 @@ class PerceptionPipeline:
             self.counters["blanked_cameras"] += len(frame.missing)
             self._warn("blanked_cameras", f"{when}: no image from {', '.join(frame.missing)}; "
                                           f"running with them black (missing_camera=blank)")
-        try:
-            with self.timers("frame"):
-                images = None
-                if self.cameras:
-                    calibration, images = self._camera_inputs(frame)
-                    if self.engine.update_calibration(calibration):
-                        self.counters["calibration_updates"] += 1
-                with self.timers("sweeps"):
-                    points = self.sweeps.aggregate(frame.stamp_ns, self.tf, self.params.fixed_frame)
-                result = self.engine.infer(images, points)
-                with self.timers("messages"):
-                    outputs = self._outputs(frame, result)
-        except TransformError as e:
-            self._drop("bad_transform", f"{when}: {e}")
-            return []
-        except FrameError as e:
-            self._drop("bad_frame", f"{when}: {e}")
+        outputs = self._guarded(lambda: self._run(frame), when, "bad_frame")
+        if outputs is None:
             return []
         self.counters["frames"] += 1
+        return outputs
+
+    def _run(self, frame: SyncedFrame) -> list[Output]:
+        """Calibrate, aggregate sweeps, infer: the frame's output messages and latencies."""
+        with self.timers("frame"):
+            images = None
+            if self.cameras:
+                calibration, images = self._camera_inputs(frame)
+                if self.engine.update_calibration(calibration):
+                    self.counters["calibration_updates"] += 1
+            with self.timers("sweeps"):
+                points = self.sweeps.aggregate(frame.stamp_ns, self.tf, self.params.fixed_frame)
+            result = self.engine.infer(images, points)
+            with self.timers("messages"):
+                outputs = self._outputs(frame, result)
         latencies = {**result.timings_ms, **self.timers.last()}
         float64 = msg_class(FLOAT64)
         return outputs + [Output(topic, FLOAT64, float64(data=float(latencies[stage])), frame.stamp_ns)
@@ -229,6 +222,17 @@ class PerceptionPipeline:
         return Output(DIAGNOSTICS_TOPIC, DIAGNOSTIC_ARRAY, array, stamp)
 
     # -- drops and warnings --------------------------------------------------------------------
+
+    def _guarded(self, work: Callable[[], Any], where: str, reason: str) -> Any:
+        """``work()``, or None after dropping with a warning: a transform not (yet) in TF, or any
+        other `FrameError` (a malformed message or frame) counted as ``reason``."""
+        try:
+            return work()
+        except TransformError as e:
+            self._drop("bad_transform", f"{where}: {e}")
+        except FrameError as e:
+            self._drop(reason, f"{where}: {e}")
+        return None
 
     def _drop(self, reason: str, text: str) -> None:
         self.counters[f"dropped_{reason}"] += 1
