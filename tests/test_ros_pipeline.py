@@ -148,6 +148,25 @@ def test_nusc2bag_writes_every_sensor_message_of_the_scene(scene_bag, nusc):
     assert {t: n for t, (_, n) in present.items()} == counts
 
 
+def test_a_rosbag2_folder_reads_like_the_mcap_file(scene_bag, tmp_path):
+    """``ros2 bag record`` writes a folder (sqlite3 here); replay reads it message for message."""
+    from rosbags.rosbag2 import Writer
+
+    from fuller.ros2_node.bag import read_bag, topics
+    from fuller.ros2_node.types import typestore
+
+    messages = list(read_bag(scene_bag[0]))
+    folder = tmp_path / "recorded"
+    with Writer(folder, version=9) as writer:
+        connections = {}
+        for m in messages:
+            if m.topic not in connections:
+                connections[m.topic] = writer.add_connection(m.topic, m.typename, typestore=typestore())
+            writer.write(connections[m.topic], m.log_time_ns, m.data)
+    assert list(read_bag(folder)) == messages
+    assert topics(folder) == topics(scene_bag[0])
+
+
 def _feed_tf_and_sweeps(bag_path, sweeps: int):
     from fuller.ros2_node.bag import read_bag
     from fuller.ros2_node.pointcloud import points_from_cloud
