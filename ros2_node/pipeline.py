@@ -58,11 +58,11 @@ class PerceptionPipeline:
         self.counters: Counter = Counter()
         self.timers = StageTimers()
         self._drops_reported = 0
-        self._image_topics = dict(zip(params.camera_topics(self.cameras), self.cameras))
-        self._info_topics = dict(zip(params.camera_info_topics(self.cameras), self.cameras))
+        self.image_topics = dict(zip(  # topic -> cameraparams.camera_topics(self.cameras), self.cameras))
+        self.info_topics = dict(zip(params.camera_info_topics(self.cameras), self.cameras))
         self.subscriptions: dict[str, str] = {
-            params.lidar_topic: POINTCLOUD2, **{t: params.image_type for t in self._image_topics},
-            **{t: CAMERA_INFO for t in self._info_topics}, TF_TOPIC: TF_MESSAGE, TF_STATIC_TOPIC: TF_MESSAGE}
+            params.lidar_topic: POINTCLOUD2, **{t: params.image_type for t in self.image_topics},
+            **{t: CAMERA_INFO for t in self.info_topics}, TF_TOPIC: TF_MESSAGE, TF_STATIC_TOPIC: TF_MESSAGE}
         prefix = params.output_prefix.rstrip("/")
         self.detections_topic, self.markers_topic = f"{prefix}/detections", f"{prefix}/markers"
         self.map_topics = {name: f"{prefix}/map/{name}" for name in cfg.geometry.map_classes} \
@@ -98,8 +98,8 @@ class PerceptionPipeline:
         if typename == TF_MESSAGE:
             self.tf.add(msg, static=topic == TF_STATIC_TOPIC)
             return []
-        if topic in self._info_topics:
-            camera = self._info_topics[topic]
+        if topic in self.info_topics:
+            camera = self.info_topics[topic]
             model = camera_model(msg)
             if model.distorted and camera not in self.camera_models:
                 self.log(f"{topic}: non-zero distortion; the network expects rectified images (use image_rect)")
@@ -117,7 +117,7 @@ class PerceptionPipeline:
             sweep = Sweep(stamp, msg.header.frame_id, points)
             self.sweeps.add(sweep)
             return self.sync.add_cloud(stamp, sweep)
-        camera = self._image_topics[topic]
+        camera = self.image_topics[topic]
         with self.timers("decode"):
             rgb = compressed_to_rgb(msg) if typename == COMPRESSED_IMAGE else image_to_rgb(msg)
         return self.sync.add_image(camera, stamp, (msg.header.frame_id, rgb))
@@ -162,7 +162,7 @@ class PerceptionPipeline:
         """Calibration (CameraInfo intrinsics, TF extrinsics at the image times) and the images."""
         lidar_frame = frame.cloud.frame_id
         intrinsics, camera2lidar, images = [], [], []
-        for camera, info_topic in zip(self.cameras, self._info_topics):
+        for camera, info_topic in zip(self.cameras, self.info_topics):
             if camera not in self.camera_models:
                 raise FrameError(f"{camera}: no CameraInfo received yet on {info_topic}")
             model, info_frame = self.camera_models[camera]

@@ -44,7 +44,7 @@ def check_topics(bag: Path, pipeline: PerceptionPipeline) -> dict[str, tuple[str
         if topic in present and present[topic][0] != typename:
             raise BagError(f"{bag}: topic {topic} holds {present[topic][0]}, the node subscribes to it as "
                            f"{typename} (image_transport / topic parameters)")
-    needed = [pipeline.params.lidar_topic, *pipeline._image_topics]
+    needed = [pipeline.params.lidar_topic, *pipeline.image_topics]
     if missing := [t for t in needed if t not in present]:
         raise BagError(f"{bag}: no messages on {', '.join(missing)}; topics in the bag: {', '.join(sorted(present))}")
     return present
