@@ -58,7 +58,8 @@ class PerceptionPipeline:
         self.counters: Counter = Counter()
         self.timers = StageTimers()
         self._drops_reported = 0
-        self.image_topics = dict(zip(  # topic -> cameraparams.camera_topics(self.cameras), self.cameras))
+        # topic -> camera, for the images and the CameraInfo of each camera
+        self.image_topics = dict(zip(params.camera_topics(self.cameras), self.cameras))
         self.info_topics = dict(zip(params.camera_info_topics(self.cameras), self.cameras))
         self.subscriptions: dict[str, str] = {
             params.lidar_topic: POINTCLOUD2, **{t: params.image_type for t in self.image_topics},
