@@ -2,17 +2,20 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from contextlib import contextmanager
 
 import numpy as np
 
 
 class StageTimers:
-    """``with timers("stage"):`` records the seconds of each call; `summary` gives median and p95."""
+    """``with timers("stage"):`` records the seconds of each call; `summary` gives median and p95.
 
-    def __init__(self) -> None:
-        self.samples: dict[str, list[float]] = defaultdict(list)
+    Only the latest ``window`` calls per stage are kept, so an engine running for days inside the
+    ROS 2 node holds bounded memory; its statistics are over that recent window."""
+
+    def __init__(self, window: int = 10_000) -> None:
+        self.samples: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=window))
 
     @contextmanager
     def __call__(self, stage: str):
@@ -30,7 +33,7 @@ class StageTimers:
         """Per stage: median and p95 in milliseconds and the count, ignoring the first ``skip`` calls."""
         out = {}
         for stage, values in self.samples.items():
-            kept = np.asarray(values[skip:]) * 1e3
+            kept = np.asarray(values, dtype=np.float64)[skip:] * 1e3
             if kept.size:
                 out[stage] = {"median_ms": float(np.median(kept)), "p95_ms": float(np.percentile(kept, 95)),
                               "count": int(kept.size)}

@@ -117,7 +117,7 @@ class FullerPerceptionNode(Node):
             self.get_logger().info(f"subscribed to {topic} ({typename})")
 
     def _on_message(self, topic: str, data: bytes) -> None:
-        for out in self.pipeline.handle(topic, data, self.get_clock().now().nanoseconds):
+        for out in self.pipeline.handle(topic, data):
             self._publish(out)
 
     def _publish_diagnostics(self) -> None:

@@ -62,11 +62,11 @@ def scene_sample_data(nusc, scene_name: str) -> list[dict]:
     samples = {s["token"] for s in nusc.sample if s["scene_token"] == scenes[scene_name]["token"]}
     records = []
     for sd in nusc.sample_data:
-        channel = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])["sensor_token"]
-        modality = nusc.get("sensor", channel)
-        if sd["sample_token"] in samples and modality["modality"] in ("lidar", "camera") \
-                and (modality["modality"] == "camera" or modality["channel"] == LIDAR_CHANNEL):
-            records.append({**sd, "channel": modality["channel"]})
+        if sd["sample_token"] not in samples:
+            continue
+        sensor = nusc.get("sensor", nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])["sensor_token"])
+        if sensor["modality"] == "camera" or sensor["channel"] == LIDAR_CHANNEL:
+            records.append({**sd, "channel": sensor["channel"]})
     return sorted(records, key=lambda sd: (sd["timestamp"], sd["channel"] != LIDAR_CHANNEL))
 
 

@@ -67,9 +67,10 @@ def detections_message(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
     detection_class = msg_class("vision_msgs/msg/Detection3D")
     detections = []
     for box, score, label in zip(boxes, np.asarray(scores, dtype=np.float64), labels):
+        pose = box_pose(box)
         result = with_pose_class(hypothesis=hypothesis_class(class_id=classes[label], score=float(score)),
-                                 pose=covariance_class(pose=box_pose(box), covariance=np.zeros(36)))
-        bbox = bbox_class(center=box_pose(box), size=_vector3(box[4], box[3], box[5]))
+                                 pose=covariance_class(pose=pose, covariance=np.zeros(36)))
+        bbox = bbox_class(center=pose, size=_vector3(box[4], box[3], box[5]))
         detections.append(detection_class(header=header, results=[result], bbox=bbox, id=""))
     return msg_class(DETECTION3D_ARRAY)(header=header, detections=detections)
 

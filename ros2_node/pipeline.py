@@ -77,7 +77,7 @@ class PerceptionPipeline:
 
     # -- messages in ---------------------------------------------------------------------------
 
-    def handle(self, topic: str, data: bytes, receive_ns: int | None = None) -> list[Output]:
+    def handle(self, topic: str, data: bytes) -> list[Output]:
         """One serialized message; returns the output messages of every frame it completed."""
         typename = self.subscriptions.get(topic)
         if typename is None:

@@ -43,6 +43,8 @@ class SweepAccumulator:
         self._sweeps: list[Sweep] = []
 
     def add(self, sweep: Sweep) -> None:
+        """Keep a sweep, its close points removed once here rather than at every frame it joins."""
+        sweep = Sweep(sweep.stamp_ns, sweep.frame_id, remove_close(sweep.points))
         i = bisect.bisect_left(self._stamps, sweep.stamp_ns)
         if i < len(self._stamps) and self._stamps[i] == sweep.stamp_ns:
             self._sweeps[i] = sweep
@@ -63,7 +65,7 @@ class SweepAccumulator:
         ref = self._sweeps[i]
         parts = []
         for sweep in reversed(self._sweeps[max(0, i - self.sweeps + 1):i + 1]):
-            xyz = remove_close(sweep.points)
+            xyz = sweep.points
             if sweep is not ref:
                 m = tf.lookup_full(ref.frame_id, ref.stamp_ns, sweep.frame_id, sweep.stamp_ns, fixed_frame)
                 moved = xyz[:, :3].astype(np.float64) @ m[:3, :3].T + m[:3, 3]

@@ -48,10 +48,11 @@ class _Edge:
     stamps: list[int] = field(default_factory=list)  # sorted, dynamic edges only
     translations: list[np.ndarray] = field(default_factory=list)
     quaternions: list[np.ndarray] = field(default_factory=list)
+    static_matrix: np.ndarray | None = None  # static edges only
 
     def at(self, ns: int, child: str) -> np.ndarray:
         if self.static:
-            return matrix(self.translations[0], self.quaternions[0])
+            return self.static_matrix
         i = bisect.bisect_left(self.stamps, ns)
         if i < len(self.stamps) and self.stamps[i] == ns:
             return matrix(self.translations[i], self.quaternions[i])
@@ -89,7 +90,7 @@ class TransformTree:
             edge = self._edges[child] = _Edge(parent, static)
         value = (np.asarray(translation, dtype=np.float64), q / norm)
         if static:
-            edge.translations, edge.quaternions = [value[0]], [value[1]]
+            edge.static_matrix = matrix(*value)
             return
         i = bisect.bisect_left(edge.stamps, ns)
         if i < len(edge.stamps) and edge.stamps[i] == ns:

@@ -231,3 +231,18 @@ def test_points_outside_the_grid_change_nothing(engine, sample):
     b = engine.infer(raw.images, np.concatenate([raw.points, outside])).outputs
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_stage_timers_keep_a_bounded_recent_window(monkeypatch):
+    """A node runs for days: only the latest ``window`` calls count, and memory stays bounded."""
+    from fuller.engine import timers as timers_module
+
+    clock = iter(np.arange(0.0, 100.0, 0.5))  # perf_counter: start, stop, start, ...
+    monkeypatch.setattr(timers_module.time, "perf_counter", lambda: next(clock))
+    timers = timers_module.StageTimers(window=3)
+    for _ in range(5):
+        with timers("stage"):
+            pass
+    assert len(timers.samples["stage"]) == 3
+    assert timers.summary()["stage"] == {"median_ms": 500.0, "p95_ms": 500.0, "count": 3}
+    assert timers.summary(skip=1)["stage"]["count"] == 2 and timers.last() == {"stage": 500.0}
