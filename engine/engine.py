@@ -27,8 +27,8 @@ class Result:
 
 
 class Engine:
-    """``Engine.load(path)`` then ``update_calibration(...)`` once per rig change and ``infer(images,
-    points)`` per frame. A bad frame raises `FrameError` before any work; the engine stays usable."""
+    """``Engine.load(path)`` (or ``Engine(backend)``) then ``update_calibration(...)`` once per rig
+    change and ``infer(images, points)`` per frame. A bad frame raises `FrameError` before any work; the engine stays usable."""
 
     def __init__(self, backend: Backend, score_threshold: float = 0.1, map_threshold: float = 0.5) -> None:
         self.backend = backend
@@ -39,8 +39,9 @@ class Engine:
         self.timers = StageTimers()
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", **kwargs) -> "Engine":
-        return cls(load_backend(path, device), **kwargs)
+    def load(cls, path: str | Path, **kwargs) -> "Engine":
+        """An engine over a runtime artefact (``.engine`` or ``.onnx``)."""
+        return cls(load_backend(path), **kwargs)
 
     def update_calibration(self, calibration: Calibration) -> bool:
         """Recompute the BEV-pool geometry if the calibration changed; returns whether it did."""

@@ -1,50 +1,40 @@
 """The engine over a nuScenes split, offline: `fuller infer`, `fuller parity` and the demo.
 
-Samples are read raw (original images, calibration, points) and go through the engine's own
-preprocessing, exactly as on a vehicle. Reading nuScenes needs the training package's dataset
-reader (and with it torch); the runtime path itself does not.
+Samples are read raw (original images, calibration, points) with the core's torch-free reader and
+go through the engine's own preprocessing, exactly as on a vehicle; predictions are scored with the
+core's evaluation, the same code `fuller eval` uses.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
+from fuller.data import NuScenesDataset, Sample
+from fuller.evaluation import Prediction, evaluate_split
+
 from .engine import Engine
 from .frame import Calibration
+from .parity import Comparison, format_parity, metric_deltas
 
 
-def open_split(cfg, data_root: str | Path, split: str, nusc=None):
-    from fuller.train.data.nuscenes_dataset import NuScenesDataset, open_nuscenes
-
-    nusc = nusc or open_nuscenes(data_root, cfg.data.version)
-    return NuScenesDataset(cfg, data_root, split, nusc=nusc)
-
-
-def frames(dataset, progress: bool = True, desc: str = "infer") -> Iterator[tuple[str, Calibration, object]]:
+def frames(dataset: NuScenesDataset, progress: bool = True,
+           desc: str = "infer") -> Iterator[tuple[str, Calibration, Sample]]:
     """(token, calibration, raw sample) for each sample of the split, in order."""
     for token in tqdm(dataset.samples, desc=desc, unit="frame", disable=not progress, dynamic_ncols=True):
         sample = dataset.load(token)
         yield token, Calibration(sample.intrinsics, sample.camera2lidar, tuple(sample.images.shape[1:3])), sample
 
 
-def to_prediction(outputs: dict[str, np.ndarray]):
-    from fuller.train.evaluation import Prediction
-
-    if "boxes" in outputs:
-        boxes, scores, labels = outputs["boxes"][0], outputs["scores"][0], outputs["labels"][0].astype(np.int64)
-    else:
-        boxes, scores, labels = np.zeros((0, 9), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
-    return Prediction(boxes, scores, labels, outputs["map_probs"][0] if "map_probs" in outputs else None)
-
-
-def run_split(engines: list[Engine], dataset, progress: bool = True,
-              on_frame: Callable[[str, list[dict]], None] | None = None) -> list[dict[str, object]]:
+def run_split(engines: list[Engine], dataset: NuScenesDataset, progress: bool = True,
+              on_frame: Callable[[str, list[dict]], None] | None = None) -> list[dict[str, Prediction]]:
     """Predictions per engine, keyed by token. All engines get the inputs the first one prepared,
     so a comparison sees the networks and not two preprocessing runs."""
-    predictions: list[dict[str, object]] = [{} for _ in engines]
+    predictions: list[dict[str, Prediction]] = [{} for _ in engines]
     lead = engines[0]
     for token, calibration, sample in frames(dataset, progress):
         for engine in engines:
@@ -52,34 +42,50 @@ def run_split(engines: list[Engine], dataset, progress: bool = True,
         feeds = lead.feeds(sample.images, sample.points)
         outputs = [engine.backend.run(feeds) for engine in engines]
         for store, out in zip(predictions, outputs):
-            store[token] = to_prediction(out)
+            store[token] = Prediction.from_outputs(out)
         if on_frame is not None:
             on_frame(token, outputs)
     return predictions
 
 
-def evaluate_predictions(cfg, dataset, predictions: dict, split: str, out: str | Path, pictures: int = 4) -> dict:
-    """Devkit results JSON, map IoU, metrics.json and BEV pictures in ``out``; returns the metrics."""
-    from fuller.train.evaluation import evaluate
+def infer_split(engine: Engine, data_root: str | Path, split: str, out: str | Path, pictures: int = 4,
+                progress: bool = True, nusc=None) -> dict:
+    """The engine over a split, scored: results JSON, metrics.json and pictures in ``out``; returns the metrics."""
+    dataset = NuScenesDataset(engine.config, data_root, split, nusc=nusc)
+    predictions = run_split([engine], dataset, progress)[0]
+    return evaluate_split(dataset, predictions, engine.config, out, pictures)
 
-    step = max(1, len(dataset.samples) // max(pictures, 1))
-    tokens = dataset.samples[::step][:pictures] if pictures else []
-    return evaluate(dataset.nusc, dataset, predictions, cfg, out, eval_set=split, picture_tokens=tokens)
+
+@dataclass
+class ParityReport:
+    comparison: Comparison
+    deltas: dict[str, float]  # other minus reference, in points
+    metrics: tuple[dict, dict]  # reference's, other's
+    frames: int
+    failures: list[str]  # the thresholds exceeded; empty when parity holds
+    table: str
 
 
 def run_parity(reference: Engine, other: Engine, data_root: str | Path, split: str, out: str | Path,
-               progress: bool = True, pictures: int = 2, nusc=None):
-    """Both engines over the split on the same inputs: the output comparison and both evaluations.
-
-    Returns (comparison, metric deltas in points, reference metrics, other metrics); each backend's
-    results JSON, metrics and pictures go to ``out/<backend name>``.
-    """
-    from .parity import Comparison, metric_deltas
-
+               map_max_abs: float, box_tolerance: float, metric_points: float, progress: bool = True,
+               pictures: int = 2, nusc=None) -> ParityReport:
+    """Both engines over the split on the same inputs: the output comparison, both evaluations (each
+    backend's results JSON, metrics and pictures in ``out/<backend name>``) and the thresholds'
+    verdict, also written to ``out/parity.json``."""
     comparison = Comparison(reference.score_threshold)
-    dataset = open_split(reference.config, data_root, split, nusc)
+    dataset = NuScenesDataset(reference.config, data_root, split, nusc=nusc)
     predictions = run_split([reference, other], dataset, progress,
                             on_frame=lambda token, outputs: comparison.add(*outputs))
-    metrics = [evaluate_predictions(e.config, dataset, p, split, Path(out) / e.backend.name, pictures)
-               for e, p in zip((reference, other), predictions)]
-    return comparison, metric_deltas(*metrics), metrics[0], metrics[1]
+    metrics = tuple(evaluate_split(dataset, p, e.config, Path(out) / e.backend.name, pictures)
+                    for e, p in zip((reference, other), predictions))
+    deltas = metric_deltas(*metrics)
+    failures = comparison.failures(map_max_abs, box_tolerance)
+    failures += [f"{name}: delta {value:+.3f} points exceeds {metric_points:g}"
+                 for name, value in deltas.items() if abs(value) > metric_points]
+    frames = len(dataset.samples)
+    table = format_parity(comparison, deltas, reference.backend.name, other.backend.name, frames, box_tolerance)
+    record = {"frames": frames, "outputs": {k: vars(v) for k, v in comparison.outputs.items()},
+              "boxes": comparison.boxes.record(box_tolerance), "metric_deltas_points": deltas, "failures": failures}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "parity.json").write_text(json.dumps(record, indent=2))
+    return ParityReport(comparison, deltas, metrics, frames, failures, table)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Parity thresholds (issue 4): fp32 backends must agree this closely.
+# Parity thresholds: fp32 backends must agree this closely.
 MAP_MAX_ABS = 1e-4
 BOX_TOLERANCE_M = 1e-3
 METRIC_POINTS = 0.1  # mAP / NDS / mIoU, in percentage points

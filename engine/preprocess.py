@@ -7,7 +7,7 @@ import numpy as np
 
 from fuller.bev_pool_geometry import FEATURE_STRIDE, compute_geometry
 from fuller.config import FullerConfig
-from fuller.export import contract
+from . import contract
 from fuller.preprocess import image_aug_matrix, normalize_images, resize_crop_matrix, warp_image
 from fuller.voxelize import Voxelizer
 

@@ -1,6 +1,7 @@
 """A trained checkpoint -> one ONNX graph, from preprocessed tensors to boxes and map probabilities.
 
-`ExportModule` is the trained `FullerModel` with flat tensor inputs (`contract.py`): the camera
+`ExportModule` is the trained `FullerModel` with flat tensor inputs (`fuller.engine.contract`, the
+runtime's names), run through `run_graph`, the PyTorch backend's path too: the camera
 branch runs as trained (its BEV pooling is already ``torch.ops.fuller.bev_pool``), the LiDAR branch
 is the folded `ExportSparseEncoder`, and fuser, decoder and heads are the trained modules. The
 TorchScript exporter traces it once; the two custom ops become ``fuller::BevPool`` and
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import onnx
@@ -20,17 +22,34 @@ from torch import nn
 import fuller.plugins.bev_pool.torch_op as bev_pool_op
 import fuller.plugins.sparse_conv.torch_op as sparse_conv_op
 from fuller.config import FullerConfig, config_hash, config_to_yaml
+from fuller.engine import contract
 from fuller.plugins import DOMAIN, register_onnx_schemas
 from fuller.bev_pool_geometry import FEATURE_STRIDE
 from fuller.train.model.camera_encoder import PoolGeometry
-from fuller.train.model.fuller_model import FullerModel
+from fuller.train.model.fuller_model import FullerModel, ModelInputs
 from fuller.train.model.lidar_encoder import POINT_FEATURES
 
-from . import contract
 from .lidar import ExportSparseEncoder
 
 OPSET = 17
 IR_VERSION = 10  # what ONNX Runtime >= 1.18 and TensorRT 10's parser read
+
+
+def run_graph(model: FullerModel, named: Mapping[str, torch.Tensor],
+              sparse_encoder: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The graph's computation on its named inputs (`contract`, batch 1) through `FullerModel.forward`,
+    outputs as the graph types them (int32 labels). The export traces it with the folded sparse
+    encoder; the PyTorch backend runs it with the trained one."""
+    inputs = ModelInputs(batch_size=1)
+    if model.camera is not None:
+        inputs.images = named["images"]
+        inputs.pool = PoolGeometry(*(named[n] for n in contract.GEOMETRY_INPUTS))
+    if model.lidar is not None:
+        inputs.voxel_features, inputs.voxel_coords, inputs.voxel_count = (named[n] for n in contract.LIDAR_INPUTS)
+    out = model(inputs, sparse_encoder)
+    if "labels" in out:
+        out["labels"] = out["labels"].to(torch.int32)
+    return out
 
 
 class ExportModule(nn.Module):
@@ -45,16 +64,7 @@ class ExportModule(nn.Module):
         self.output_names = contract.output_names(self.tasks)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        named = dict(zip(self.input_names, inputs))
-        bevs = []
-        if self.model.camera is not None:
-            pool = PoolGeometry(*(named[n] for n in contract.GEOMETRY_INPUTS))
-            bevs.append(self.model.camera(named["images"], pool))
-        if self.lidar is not None:
-            bevs.append(self.lidar(named["voxel_features"], named["voxel_coords"], named["voxel_count"]))
-        out = self.model.predict(self.model.decoder_neck(self.model.decoder(self.model.fuser(bevs))))
-        if "labels" in out:
-            out["labels"] = out["labels"].to(torch.int32)
+        out = run_graph(self.model, dict(zip(self.input_names, inputs)), self.lidar)
         return tuple(out[n] for n in self.output_names)
 
 

@@ -29,7 +29,7 @@ import importlib.resources
 import json
 import re
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -544,6 +544,23 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 def config_from_dict(data: dict[str, Any]) -> FullerConfig:
     """Rebuild and validate a config from :func:`config_to_dict` output (checkpoints, ONNX)."""
     return _build(data)
+
+
+def updated_config(cfg: FullerConfig, changes: Mapping[str, Any]) -> FullerConfig:
+    """``cfg`` with dotted-key changes applied (``{"train.steps": 300}``), rebuilt and validated as a
+    loaded config is. The one way to change a built config: a value set on it directly would skip
+    the cross-field checks. An unknown key is a programming error (KeyError), a bad value a
+    `ConfigError`."""
+    data = config_to_dict(cfg)
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            raise KeyError(f"updated_config: no config key {key!r}")
+        node[leaf] = list(value) if isinstance(value, tuple) else value
+    return _build(data, label=f"changes {sorted(changes)}")
 
 
 def config_to_yaml(cfg: FullerConfig) -> str:

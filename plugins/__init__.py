@@ -1,7 +1,8 @@
 """Custom ops, one folder each: spec, reference, torch op, ONNX Runtime kernel, GPU kernel, TensorRT plugin.
 
 This module is the one place that knows the list of ops: it registers their ONNX schemas (for
-``onnx.checker``) and their ONNX Runtime kernels. It needs onnx/onnxruntime-extensions, not torch.
+``onnx.checker``), their ONNX Runtime kernels and their TensorRT plugins, for whichever caller
+(export, engine build, runtime) needs them. It needs onnx/onnxruntime-extensions, not torch.
 """
 from __future__ import annotations
 
@@ -49,3 +50,14 @@ def ort_session_options():
     options = onnxruntime.SessionOptions()
     options.register_custom_ops_library(get_library_path())
     return options
+
+
+def register_tensorrt_plugins() -> None:
+    """Register every op's TensorRT plugin (engine build and runtime). Their kernels need Triton: at
+    build time for BevPool's ahead-of-time PTX, at run time for SparseConv3d's just-in-time launches."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("the fuller plugins' GPU kernels need Triton: pip install triton") from exc
+    for name in OP_PACKAGES:
+        importlib.import_module(f"{__name__}.{name}.trt_plugin").register()

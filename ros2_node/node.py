@@ -100,7 +100,7 @@ class FullerPerceptionNode(Node):
     def _load_engine(self) -> Engine:
         log = self.get_logger().info
         path = model_artifact(self.params, log)
-        engine = Engine.load(path, self.params.device, score_threshold=self.params.score_threshold,
+        engine = Engine.load(path, score_threshold=self.params.score_threshold,
                              map_threshold=self.params.map_threshold)
         log(f"model {path}: {engine.describe()}")
         return engine

@@ -9,7 +9,6 @@ TensorRT engine of an ONNX model on first use.
 """
 from __future__ import annotations
 
-import importlib
 import math
 import re
 import string
@@ -18,7 +17,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, get_type_hints
 
 from fuller.errors import UserInputError
-from fuller.export.paths import sidecar_path
+from fuller.engine.artifacts import sidecar_path
+from fuller.engine.nvidia import TENSORRT_MISSING, tensorrt_available
+from fuller.engine.tensorrt_build import build_engine
 
 from .types import COMPRESSED_IMAGE, IMAGE
 
@@ -53,8 +54,9 @@ def _param(default: Any = MISSING, doc: str = "", runtime: bool = False):
 
 @dataclass
 class NodeParams:
-    model: str = _param(doc="model artefact: a TensorRT .engine, an exported .onnx or a training checkpoint .pt")
-    device: str = _param("cuda", "device of the PyTorch backend (cpu, cuda, cuda:N); ONNX and TensorRT "
+    model: str = _param(doc="model artefact: a TensorRT .engine or an exported .onnx (a training checkpoint .pt "
+                            "runs in fuller replay, where the training stack is installed)")
+    device: str = _param("cuda", "device of the PyTorch backend (fuller replay of a checkpoint); ONNX and TensorRT "
                                  "models choose their own")
     lidar_topic: str = _param("/lidar_top/points", "sensor_msgs/PointCloud2 input")
     cameras: list[str] = _param([], "camera names (nuScenes channels such as CAM_FRONT); empty: the model's "
@@ -216,15 +218,6 @@ DESCRIPTIONS: dict[str, str] = {f.name: f.metadata["doc"] for f in fields(NodePa
 RUNTIME_PARAMETERS: tuple[str, ...] = tuple(f.name for f in fields(NodeParams) if f.metadata["runtime"])
 
 
-def _tensorrt_available() -> bool:
-    """Whether TensorRT imports (an install without its CUDA libraries raises OSError)."""
-    try:
-        importlib.import_module("tensorrt")
-    except (ImportError, OSError):
-        return False
-    return True
-
-
 def model_artifact(params: NodeParams, log: Callable[[str], None] = print) -> Path:
     """The file the engine loads for ``model`` and ``build_engine``. An ``.onnx`` model with
     ``build_engine`` and TensorRT installed becomes ``<model stem>.engine``, built with fp16 the
@@ -233,9 +226,7 @@ def model_artifact(params: NodeParams, log: Callable[[str], None] = print) -> Pa
     model = Path(params.model)
     if model.suffix.lower() != ".onnx" or not params.build_engine:
         return model
-    from fuller.export.build_engine import TENSORRT_MISSING, build, parse_args
-
-    if not _tensorrt_available():
+    if not tensorrt_available():
         log(f"build_engine: {TENSORRT_MISSING}; running {model} on ONNX Runtime")
         return model
     engine = model.with_suffix(".engine")
@@ -243,4 +234,4 @@ def model_artifact(params: NodeParams, log: Callable[[str], None] = print) -> Pa
         log(f"build_engine: reusing {engine} (newer than {model})")
         return engine
     log(f"build_engine: building {engine} from {model} with fp16 (once; later runs reuse it)")
-    return build(parse_args(["--onnx", str(model), "--out", str(engine), "--fp16"]))
+    return build_engine(model, engine, fp16=True)

@@ -50,7 +50,7 @@ def small_cfg():
 @pytest.fixture(scope="session")
 def small_samples(small_cfg, synth_root, nusc):
     """Four training samples of the synthetic set, loaded once."""
-    from fuller.train.data import NuScenesDataset
+    from fuller.data import NuScenesDataset
 
     dataset = NuScenesDataset(small_cfg, synth_root, small_cfg.data.train_split, nusc=nusc)
     return [dataset[i] for i in range(4)]

@@ -18,18 +18,21 @@ import pytest
 from onnx import TensorProto, helper
 
 import fuller.export as export_package
+from fuller.engine import artifacts, nvidia, tensorrt_build
+from fuller.engine.artifacts import DEFAULT_ENGINE, DEFAULT_ONNX, sidecar_path
+from fuller.engine.contract import GEOMETRY_INPUTS, META_CONFIG_HASH, META_MAX_POINTS
 from fuller.errors import UserInputError
 from fuller.export import build_engine as be
-from fuller.export.contract import GEOMETRY_INPUTS, META_CONFIG_HASH, META_MAX_POINTS
-from fuller.export.paths import DEFAULT_ENGINE, DEFAULT_ONNX, sidecar_path
 from fuller.plugins.sparse_conv.reference import ConvGeometry
 
 SCRIPT = Path(export_package.__file__).parent / "build_engine.py"
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
-@pytest.mark.parametrize("command", [[str(SCRIPT)], ["-m", "fuller.export.build_engine"]])
-def test_script_fails_in_one_line(tmp_path, command):
+@pytest.mark.parametrize("command, prefix", [([str(SCRIPT)], "build_engine: "),
+                                             (["-m", "fuller.export.build_engine"], "build_engine: "),
+                                             (["-m", "fuller", "build-engine"], "fuller build-engine: ")])
+def test_script_fails_in_one_line(tmp_path, command, prefix):
     """As users call it, in a folder with no export: non-zero, one line on stderr, no traceback;
     without TensorRT that line says what to install."""
     done = subprocess.run([sys.executable, *command, "--fp16"], cwd=tmp_path, capture_output=True, text=True,
@@ -37,7 +40,7 @@ def test_script_fails_in_one_line(tmp_path, command):
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert lines[0].startswith("build_engine: ")
+    assert lines[0].startswith(prefix)
     if not HAS_TENSORRT:
         assert "TensorRT is not installed" in lines[0] and "pip install tensorrt" in lines[0]
     else:
@@ -79,10 +82,10 @@ def geometry_model(max_points: str | None = "1234", extra_dynamic: bool = False)
 
 def test_metadata_and_profile_shapes():
     model = geometry_model()
-    metadata = be.read_metadata(model)
+    metadata = artifacts.read_metadata(model)
     assert metadata == {META_CONFIG_HASH: "abc123", META_MAX_POINTS: "1234"}
-    assert be.max_frustum_points(metadata) == 1234
-    shapes = be.profile_shapes(model, metadata)
+    assert tensorrt_build.max_frustum_points(metadata) == 1234
+    shapes = tensorrt_build.profile_shapes(model, metadata)
     assert set(shapes) == set(GEOMETRY_INPUTS)
     assert all(shape == ((1,), (1234,), (1234,)) for shape in shapes.values())
 
@@ -91,18 +94,18 @@ def test_metadata_and_profile_shapes():
 def test_missing_or_bad_frustum_size_is_an_error(value):
     model = geometry_model(max_points=value)
     with pytest.raises(UserInputError, match=META_MAX_POINTS):
-        be.profile_shapes(model, be.read_metadata(model))
+        tensorrt_build.profile_shapes(model, artifacts.read_metadata(model))
 
 
 def test_other_dynamic_inputs_are_an_error():
     with pytest.raises(UserInputError, match="voxel_features"):
-        be.profile_shapes(geometry_model(extra_dynamic=True), {META_MAX_POINTS: "10"})
+        tensorrt_build.profile_shapes(geometry_model(extra_dynamic=True), {META_MAX_POINTS: "10"})
 
 
 def test_static_graph_needs_no_frustum_size():
     model = geometry_model(max_points=None)
     del model.graph.input[1:6]  # no geometry inputs: nothing dynamic
-    assert be.profile_shapes(model, be.read_metadata(model)) == {}
+    assert tensorrt_build.profile_shapes(model, artifacts.read_metadata(model)) == {}
 
 
 def record(tmp_path, **changes) -> tuple[Path, dict]:
@@ -111,18 +114,18 @@ def record(tmp_path, **changes) -> tuple[Path, dict]:
     fields = dict(tensorrt_version="10.13.0.35", gpu_name="NVIDIA H200", compute_capability="9.0", precision="fp16",
                   metadata={META_CONFIG_HASH: "abc123"}, onnx_bytes=b"onnx bytes")
     fields.update(changes)
-    rec = be.sidecar_record(**fields)
-    be.write_sidecar(engine, rec)
+    rec = artifacts.sidecar_record(**fields)
+    artifacts.write_sidecar(engine, rec)
     return engine, rec
 
 
 def test_sidecar_record_and_matching_check(tmp_path):
     engine, rec = record(tmp_path)
-    assert set(rec) == set(be.SIDECAR_KEYS)
+    assert set(rec) == set(artifacts.SIDECAR_KEYS)
     assert rec["onnx_sha256"] == hashlib.sha256(b"onnx bytes").hexdigest() and rec["config_hash"] == "abc123"
     assert datetime.fromisoformat(rec["built_at"]).tzinfo is not None
     assert json.loads(sidecar_path(engine).read_text()) == rec
-    assert be.check_sidecar(engine, "10.13.0.35", "NVIDIA H200") == rec
+    assert artifacts.check_sidecar(engine, "10.13.0.35", "NVIDIA H200") == rec
 
 
 @pytest.mark.parametrize("trt_version,gpu,expected", [
@@ -132,8 +135,8 @@ def test_sidecar_record_and_matching_check(tmp_path):
 ])
 def test_sidecar_mismatch_names_what_differs(tmp_path, trt_version, gpu, expected):
     engine, _ = record(tmp_path)
-    with pytest.raises(be.EngineMismatchError) as info:
-        be.check_sidecar(engine, trt_version, gpu)
+    with pytest.raises(artifacts.EngineMismatchError) as info:
+        artifacts.check_sidecar(engine, trt_version, gpu)
     assert isinstance(info.value, UserInputError)
     message = str(info.value)
     assert all(text in message for text in expected), message
@@ -143,14 +146,14 @@ def test_sidecar_mismatch_names_what_differs(tmp_path, trt_version, gpu, expecte
 def test_missing_or_broken_sidecar(tmp_path):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"engine")
-    with pytest.raises(be.EngineMismatchError, match="no sidecar"):
-        be.check_sidecar(engine, "10.13.0.35", "NVIDIA H200")
+    with pytest.raises(artifacts.EngineMismatchError, match="no sidecar"):
+        artifacts.check_sidecar(engine, "10.13.0.35", "NVIDIA H200")
     sidecar_path(engine).write_text("{not json")
-    with pytest.raises(be.EngineMismatchError, match="unreadable"):
-        be.check_sidecar(engine, "10.13.0.35", "NVIDIA H200")
+    with pytest.raises(artifacts.EngineMismatchError, match="unreadable"):
+        artifacts.check_sidecar(engine, "10.13.0.35", "NVIDIA H200")
     sidecar_path(engine).write_text(json.dumps({"tensorrt_version": "10.13.0.35"}))
-    with pytest.raises(be.EngineMismatchError, match="gpu_name"):
-        be.check_sidecar(engine, "10.13.0.35", "NVIDIA H200")
+    with pytest.raises(artifacts.EngineMismatchError, match="gpu_name"):
+        artifacts.check_sidecar(engine, "10.13.0.35", "NVIDIA H200")
 
 
 class FakeError:
@@ -180,7 +183,7 @@ class FakeParser:
 
 
 def test_parser_errors_name_the_nodes():
-    text = be.format_parser_errors(FakeParser([FakeError("pool", "BevPool", "Plugin not found", 3),
+    text = tensorrt_build.format_parser_errors(FakeParser([FakeError("pool", "BevPool", "Plugin not found", 3),
                                                FakeError("", "", "bad model", 0)]))
     assert text == "node 'pool' (BevPool): Plugin not found; node #0: bad model"
     assert "\n" not in text
@@ -264,8 +267,8 @@ def test_engine_build_and_run(tmp_path, fp16):
     feeds = plugin_model(onnx_path, np.random.default_rng(0))
     argv = ["--onnx", str(onnx_path), "--out", str(engine_path), "--timing-cache", str(tmp_path / "timing.cache")]
     assert be.main(argv + (["--fp16"] if fp16 else [])) == 0
-    gpu_name, _ = be.current_gpu()
-    assert be.check_sidecar(engine_path, trt.__version__, gpu_name)["precision"] == ("fp16" if fp16 else "fp32")
+    gpu_name, _ = nvidia.current_gpu()
+    assert artifacts.check_sidecar(engine_path, trt.__version__, gpu_name)["precision"] == ("fp16" if fp16 else "fp32")
     assert (tmp_path / "timing.cache").stat().st_size > 0
 
     register_sparse_conv()  # the just-in-time plugin's Python must be registered before deserialising

@@ -22,6 +22,7 @@ from fuller.config import (
     config_to_dict,
     config_to_yaml,
     load_config,
+    updated_config,
 )
 
 
@@ -261,3 +262,17 @@ def test_group_norm_needs_widths_divisible_by_its_groups():
     with pytest.raises(ConfigError) as info:
         load_config("tiny", ["model.norm=gn", "model.lidar_channels=[12,16]"])
     assert info.value.field == "model.lidar_channels" and "multiples of 8" in str(info.value)
+
+
+def test_updated_config_validates_the_result_and_leaves_the_original():
+    base = load_config("tiny")
+    cfg = updated_config(base, {"train.steps": 7, "model.tasks": ("det",), "geometry.max_voxels": 100})
+    assert (cfg.train.steps, cfg.model.tasks, cfg.geometry.max_voxels) == (7, ["det"], 100)
+    assert base == load_config("tiny")
+    # The cross-field check a direct assignment would skip: static weights need one weight per task.
+    with pytest.raises(ConfigError, match="train.inter_weights"):
+        updated_config(base, {"train.inter": "static", "train.inter_weights": [1.0]})
+    with pytest.raises(ConfigError, match="train.steps"):
+        updated_config(base, {"train.steps": "many"})
+    with pytest.raises(KeyError, match="train.stepz"):
+        updated_config(base, {"train.stepz": 3})

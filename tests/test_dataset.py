@@ -12,7 +12,7 @@ from PIL import Image
 
 from fuller.config import load_config
 from fuller.geometry import project
-from fuller.train.data import DatasetError, NuScenesDataset, open_nuscenes
+from fuller.data import DatasetError, NuScenesDataset, open_nuscenes
 
 
 @pytest.fixture(scope="module")

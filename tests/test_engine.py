@@ -13,7 +13,8 @@ import pytest
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install fuller[export])")
 
 from fuller.engine import Calibration, Engine, FrameError  # noqa: E402
-from fuller.engine.offline import frames, open_split  # noqa: E402
+from fuller.data import NuScenesDataset  # noqa: E402
+from fuller.engine.offline import frames  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def engine(small_onnx):
 
 @pytest.fixture(scope="module")
 def sample(engine, synth_root, nusc):
-    _, calibration, raw = next(frames(open_split(engine.config, synth_root, "mini_val", nusc), progress=False))
+    _, calibration, raw = next(frames(NuScenesDataset(engine.config, synth_root, "mini_val", nusc=nusc), progress=False))
     return calibration, raw
 
 
@@ -114,11 +115,10 @@ def test_bad_calibration_is_named(engine, sample):
 
 
 def test_too_many_points_are_clipped_with_a_warning(small_cfg, sample, caplog):
-    from dataclasses import replace
-
+    from fuller.config import updated_config
     from fuller.engine.preprocess import Preprocessor
 
-    cfg = replace(small_cfg, geometry=replace(small_cfg.geometry, max_voxels=50))
+    cfg = updated_config(small_cfg, {"geometry.max_voxels": 50})
     with caplog.at_level(logging.WARNING):
         feeds = Preprocessor(cfg).voxels(sample[1].points)
     assert feeds["voxel_count"][0] == 50 and feeds["voxel_features"].shape == (50, 5)
@@ -134,6 +134,10 @@ def test_unknown_artefact_is_named(tmp_path):
         Engine.load(path)
     with pytest.raises(UserInputError, match="not found"):
         Engine.load(tmp_path / "missing.onnx")
+    checkpoint = tmp_path / "run.pt"
+    checkpoint.write_bytes(b"x")
+    with pytest.raises(UserInputError, match="run.pt: a training checkpoint runs on the PyTorch backend"):
+        Engine.load(checkpoint)
 
 
 @pytest.mark.slow
@@ -181,12 +185,13 @@ def test_tensorrt_engine_matches_pytorch(small_checkpoint, small_onnx, synth_roo
     pytest.importorskip("tensorrt", reason="needs TensorRT and an NVIDIA GPU (pip install tensorrt)")
     from fuller.engine.parity import Comparison
     from fuller.export import build_engine
+    from fuller.export.models import open_engine
 
     engine_path = tmp_path / "small.engine"
     assert build_engine.main(["--onnx", str(small_onnx), "--out", str(engine_path)] + (["--fp16"] if fp16 else [])) == 0
-    trt_engine, reference = Engine.load(engine_path), Engine.load(small_checkpoint)
+    trt_engine, reference = Engine.load(engine_path), open_engine(small_checkpoint)
     comparison = Comparison(score_threshold=0.1, score_tie=1e-2 if fp16 else 1e-5)
-    for _, calibration, raw in frames(open_split(reference.config, synth_root, "mini_val", nusc), progress=False):
+    for _, calibration, raw in frames(NuScenesDataset(reference.config, synth_root, "mini_val", nusc=nusc), progress=False):
         for e in (trt_engine, reference):
             e.update_calibration(calibration)
         feeds = reference.feeds(raw.images, raw.points)

@@ -14,8 +14,8 @@ from PIL import Image
 from pyquaternion import Quaternion
 
 from fuller.config import load_config
-from fuller.train.data import NuScenesDataset
-from fuller.train.evaluation import (EvaluationError, MapIoU, Prediction, attribute_names, draw_prediction,
+from fuller.data import NuScenesDataset
+from fuller.evaluation import (EvaluationError, MapIoU, Prediction, attribute_names, draw_prediction,
                                      evaluate, format_table, to_devkit_boxes, write_results_json)
 
 VAL = "mini_val"
@@ -304,7 +304,7 @@ def test_evaluate_rejects_predictions_that_do_not_match_the_dataset(nusc, val, v
     with pytest.raises(EvaluationError, match="map_probs"):
         evaluate(nusc, val, mixed, tiny, tmp_path, VAL)
     with pytest.raises(EvaluationError, match="mini_train"):
-        from fuller.train.evaluation import run_detection_eval
+        from fuller.evaluation import run_detection_eval
         path = write_results_json(tmp_path / "r.json", {}, val.samples, {"use_lidar": True})
         run_detection_eval(nusc, path, "mini_train", tmp_path / "det")
 

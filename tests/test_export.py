@@ -15,7 +15,7 @@ import torch
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install fuller[export])")
 
 from fuller.config import config_from_dict, config_hash, load_config  # noqa: E402
-from fuller.export import contract  # noqa: E402
+from fuller.engine import contract  # noqa: E402
 from fuller.train.predict import load_model  # noqa: E402
 
 TRT_OPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tensorrt_onnx_ops.txt"
@@ -102,13 +102,14 @@ def test_metadata_holds_the_config(exported):
 @pytest.fixture(scope="module")
 def frames(exported, synth_root, nusc):
     """Preprocessed inputs of the mini_val samples, through the engine's preprocessing."""
-    from fuller.engine.offline import frames as read_frames, open_split
+    from fuller.data import NuScenesDataset
+    from fuller.engine.offline import frames as read_frames
     from fuller.engine.preprocess import Preprocessor
 
     cfg = exported[1]
     pre = Preprocessor(cfg)
     out = []
-    for _, calibration, sample in read_frames(open_split(cfg, synth_root, "mini_val", nusc), progress=False):
+    for _, calibration, sample in read_frames(NuScenesDataset(cfg, synth_root, "mini_val", nusc=nusc), progress=False):
         pre.calibrate(calibration)
         out.append({**pre.images(sample.images), **pre.geometry_feeds, **pre.voxels(sample.points)})
     return out
@@ -118,7 +119,7 @@ def test_onnxruntime_outputs_match_pytorch(small_onnx, small_checkpoint, frames)
     """Map probabilities within 1e-4, scores within 1e-5, and every box above 0.05 matched by a box
     of the same class within 1 mm."""
     from fuller.engine.backends.ort_backend import OnnxRuntimeBackend
-    from fuller.engine.backends.torch_backend import TorchBackend
+    from fuller.export.torch_backend import TorchBackend
     from fuller.engine.parity import Comparison
 
     ort, ref = OnnxRuntimeBackend(small_onnx), TorchBackend(small_checkpoint)

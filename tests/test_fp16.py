@@ -12,8 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fuller.export.contract import GEOMETRY_INPUTS
-from fuller.export.fp16 import FP32_OPS, cast_to_fp16
+from fuller.engine.contract import GEOMETRY_INPUTS
+from fuller.engine.fp16 import FP32_OPS, cast_to_fp16
 from fuller.plugins import register_onnx_schemas
 
 FLOAT, HALF, INT32 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT32

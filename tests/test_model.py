@@ -2,11 +2,10 @@
 and the inference outputs' contract."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
+from fuller.config import updated_config
 from fuller.train.batching import Collator
 from fuller.train.model import build_model
 from fuller.train.model.resnet import ResNet, load_torchvision_weights
@@ -58,8 +57,7 @@ def test_resnet_strides():
 @pytest.mark.parametrize("modalities,tasks", [(["camera", "lidar"], ["det", "map"]), (["camera"], ["map"]),
                                               (["lidar"], ["det"]), (["lidar"], ["det", "map"])])
 def test_every_subset_builds_trains_and_predicts(small_cfg, small_samples, modalities, tasks):
-    cfg = copy.deepcopy(small_cfg)
-    cfg.model.modalities, cfg.model.tasks = modalities, tasks
+    cfg = updated_config(small_cfg, {"model.modalities": modalities, "model.tasks": tasks})
     torch.manual_seed(0)
     model = build_model(cfg)
     assert (model.camera is not None) == ("camera" in modalities)
@@ -91,8 +89,7 @@ def test_every_subset_builds_trains_and_predicts(small_cfg, small_samples, modal
 def test_camera_branch_feels_the_image(small_cfg, small_samples):
     """The camera BEV changes where a camera looks when its image changes, proving the LSS path
     (depth net -> bev_pool with the calibration's geometry) is wired to the pixels."""
-    cfg = copy.deepcopy(small_cfg)
-    cfg.model.modalities = ["camera"]
+    cfg = updated_config(small_cfg, {"model.modalities": ["camera"]})
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     batch = Collator(cfg)(small_samples[:1])

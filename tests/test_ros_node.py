@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import fuller.ros2_node
-from fuller.export.build_engine import TENSORRT_MISSING
+from fuller.engine.nvidia import TENSORRT_MISSING
 from fuller.ros2_node import types
 from fuller.ros2_node.params import (DEFAULTS, DESCRIPTIONS, RUNTIME_PARAMETERS, NodeParams, ParameterError,
                                      model_artifact)
@@ -168,18 +168,18 @@ class FakeBuild:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, args):
-        self.calls.append(args)
-        args.out.write_bytes(b"engine")
-        Path(str(args.out) + ".json").write_text("{}")
-        return args.out
+    def __call__(self, onnx_path, out, *, fp16=False):
+        self.calls.append((Path(onnx_path), Path(out), fp16))
+        Path(out).write_bytes(b"engine")
+        Path(str(out) + ".json").write_text("{}")
+        return Path(out)
 
 
 @pytest.fixture
 def fake_tensorrt(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", pytypes.ModuleType("tensorrt"))
     build = FakeBuild()
-    monkeypatch.setattr("fuller.export.build_engine.build", build)
+    monkeypatch.setattr("fuller.ros2_node.params.build_engine", build)
     return build
 
 
@@ -194,8 +194,7 @@ def test_onnx_engine_is_built_once_then_reused(tmp_path, model_file, fake_tensor
     params = NodeParams(model=model_file)
     engine = tmp_path / "model.engine"
     assert model_artifact(params, lambda _: None) == engine
-    (args,) = fake_tensorrt.calls
-    assert (args.onnx, args.out, args.fp16) == (Path(model_file), engine, True)
+    assert fake_tensorrt.calls == [(Path(model_file), engine, True)]
     assert model_artifact(params, lambda _: None) == engine
     assert len(fake_tensorrt.calls) == 1
     os.utime(engine, (1, 1))  # older than the ONNX file: the model changed since the build

@@ -208,7 +208,7 @@ def _replay(bag, model, out, **overrides):
     from fuller.ros2_node.replay import replay
 
     params = _params(model, **overrides)
-    engine = Engine.load(model, "cpu", score_threshold=params.score_threshold, map_threshold=params.map_threshold)
+    engine = Engine.load(model, score_threshold=params.score_threshold, map_threshold=params.map_threshold)
     warnings: list[str] = []
     report = replay(bag, engine, params, out, progress=False, log=warnings.append)
     return report, warnings
@@ -229,7 +229,7 @@ def test_replay_of_a_converted_scene_equals_the_engine_on_the_dataset(scene_bag,
     from fuller.engine import Calibration, Engine
     from fuller.ros2_node.outputs import detections_from_message, probabilities_from_grid
     from fuller.ros2_node.types import DETECTION3D_ARRAY, OCCUPANCY_GRID
-    from fuller.train.data import NuScenesDataset
+    from fuller.data import NuScenesDataset
 
     out = tmp_path / "replayed.mcap"
     report, warnings = _replay(scene_bag[0], small_onnx, out, score_threshold=0.1)
@@ -239,7 +239,7 @@ def test_replay_of_a_converted_scene_equals_the_engine_on_the_dataset(scene_bag,
     grids = _outputs(out, "/fuller/map/drivable_area", OCCUPANCY_GRID)
     assert len(detections) == len(grids) == len(keyframes)
 
-    engine = Engine.load(small_onnx, "cpu", score_threshold=0.1)
+    engine = Engine.load(small_onnx, score_threshold=0.1)
     dataset = NuScenesDataset(small_cfg, synth_root, "mini_val", nusc=nusc)
     classes = list(small_cfg.geometry.classes)
     for sample_rec in keyframes:

@@ -63,7 +63,7 @@ def _lidar2global(nusc, sample) -> np.ndarray:
 def test_map_masks_agree_with_generator_polygons(nusc, synth_root, synth_options, config):
     """The dataset's masks (devkit `get_map_mask`) against the town's own shapely polygons, rasterised
     here at cell centres transformed to the global frame with the tables' poses."""
-    from fuller.train.data import NuScenesDataset
+    from fuller.data import NuScenesDataset
 
     cfg = load_config(config)
     dataset = NuScenesDataset(cfg, synth_root, "mini_val", transforms=[], nusc=nusc)

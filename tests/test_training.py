@@ -13,6 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from fuller.cli import main
+from fuller.config import updated_config
 from fuller.train.batching import Collator
 from fuller.train.checkpoint import CheckpointError, load_checkpoint
 from fuller.train.run_log import read_metrics
@@ -27,8 +28,7 @@ def params_equal(a: dict, b: dict) -> bool:
 
 
 def test_resume_is_bit_exact(small_cfg, small_samples, tmp_path):
-    cfg = copy.deepcopy(small_cfg)
-    cfg.train.steps, cfg.train.checkpoint_every = 4, 100
+    cfg = updated_config(small_cfg, {"train.steps": 4, "train.checkpoint_every": 100})
     straight = train(cfg, None, tmp_path / "straight", dataset=small_samples, progress=False)
     train(cfg, None, tmp_path / "split", dataset=small_samples, progress=False, stop_at=2)
     assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")[1]["step"] == 2
@@ -44,8 +44,7 @@ def test_resume_is_bit_exact(small_cfg, small_samples, tmp_path):
 
 
 def test_metrics_hold_calibration_diagnostics(small_cfg, small_samples, tmp_path):
-    cfg = copy.deepcopy(small_cfg)
-    cfg.train.steps = 1
+    cfg = updated_config(small_cfg, {"train.steps": 1})
     train(cfg, None, tmp_path / "run", dataset=small_samples, progress=False)
     (record,) = read_metrics(tmp_path / "run")
     for key in ("loss/det", "loss/map", "grad_norm/det", "grad_norm/map", "cos/det-map", "coef/det", "coef/map",
@@ -82,8 +81,7 @@ def test_checkpoint_errors_name_the_file(small_cfg, small_samples, tmp_path):
     torch.save({"weights": 1}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="foreign.pt: expected a fuller-checkpoint-1 checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
-    cfg = copy.deepcopy(small_cfg)
-    cfg.train.steps = 1
+    cfg = updated_config(small_cfg, {"train.steps": 1})
     train(cfg, None, tmp_path / "run", dataset=small_samples, progress=False)
     with pytest.raises(FileExistsError, match="pass --resume"):
         train(cfg, None, tmp_path / "run", dataset=small_samples, progress=False)
@@ -130,9 +128,8 @@ def _ddp_worker(rank: int, port: int, cfg, samples, out) -> None:
 
 @pytest.mark.slow
 def test_data_parallel_equals_one_process_on_the_whole_batch(small_cfg, small_samples):
-    cfg = copy.deepcopy(small_cfg)
-    cfg.model.norm = "gn"  # batch-independent normalisation (BatchNorm statistics are per process)
-    cfg.train.batch_size = 1
+    # Batch-independent normalisation (BatchNorm statistics are per process).
+    cfg = updated_config(small_cfg, {"model.norm": "gn", "train.batch_size": 1})
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()

@@ -1,1 +1,3 @@
-"""Training: data, model, losses, gradient calibration, evaluation (see docs/DESIGN in ../shared)."""
+"""Training, on the torch-free core: the torch dataset over the nuScenes reader, model, losses,
+gradient calibration, trainer and checkpoints, batched prediction for `fuller eval`, ablation and
+benchmark (docs/training.md, docs/model.md). Scoring is the core's (`fuller.evaluation`)."""

@@ -7,15 +7,13 @@ interrupted ablation picks up where it stopped.
 """
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from fuller.config import FullerConfig, updated_config
+from fuller.data import open_nuscenes
 
-from fuller.config import FullerConfig
-
-from .data import open_nuscenes
 from .predict import evaluate_model, load_model
 from .trainer import CHECKPOINT, default_device, run_finished, train
 
@@ -40,10 +38,8 @@ VARIANTS = (
 
 
 def variant_config(base: FullerConfig, variant: Variant, steps: int) -> FullerConfig:
-    cfg = copy.deepcopy(base)
-    cfg.model.tasks = list(variant.tasks)
-    cfg.train.inter, cfg.train.intra, cfg.train.steps = variant.inter, variant.intra, steps
-    return cfg
+    return updated_config(base, {"model.tasks": variant.tasks, "train.inter": variant.inter,
+                                 "train.intra": variant.intra, "train.steps": steps})
 
 
 def run_ablation(base: FullerConfig, data_root: str | Path, out: str | Path, steps: int,

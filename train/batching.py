@@ -13,10 +13,10 @@ import torch
 
 from fuller.bev_pool_geometry import FEATURE_STRIDE, GeometryCache, batch_geometries
 from fuller.config import FullerConfig
+from fuller.data import Sample
 from fuller.preprocess import normalize_images
 from fuller.voxelize import Voxelizer, batch_coords
 
-from .data.nuscenes_dataset import Sample
 from .model.camera_encoder import PoolGeometry
 from .model.fuller_model import ModelInputs, Targets
 

@@ -6,7 +6,6 @@ of medians to plain summed losses. Data loading is excluded: it is the same for 
 """
 from __future__ import annotations
 
-import copy
 import platform
 import statistics
 import time
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fuller.config import FullerConfig
+from fuller.config import FullerConfig, updated_config
 
 from .batching import Batch, Collator
 from .trainer import Trainer, default_device
@@ -53,9 +52,7 @@ def bench_train(cfg: FullerConfig, samples: list, rounds: int = 10, warmup: int 
     batch = Collator(cfg)(samples)
     trainers = {}
     for m in methods:
-        mcfg = copy.deepcopy(cfg)
-        mcfg.train.inter, mcfg.train.intra = m.inter, m.intra
-        mcfg.train.steps = warmup + rounds
+        mcfg = updated_config(cfg, {"train.inter": m.inter, "train.intra": m.intra, "train.steps": warmup + rounds})
         trainers[m.name] = Trainer.create(mcfg, device, parameter_pcgrad=m.parameter_pcgrad)
     times: dict[str, list[float]] = {m.name: [] for m in methods}
     for r in range(warmup + rounds):

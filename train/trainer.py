@@ -22,13 +22,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from fuller.config import FullerConfig
+from fuller.config import FullerConfig, updated_config
 from fuller.errors import UserInputError
 
 from .batching import Batch, Collator
 from .calibration import GradientCalibrator, parameter_pcgrad_backward
 from .checkpoint import load_checkpoint, restore_rng_states, save_checkpoint
-from .data import NuScenesDataset
+from .dataset import TrainingSet
 from .model import FullerModel, build_model
 from .parallel import average_gradients, broadcast_module, init_from_env
 from .run_log import RunLog
@@ -36,26 +36,6 @@ from .sampler import StepBatchSampler
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
-# Splits up to this size (v1.0-mini, the synthetic sets) are kept in memory after the first epoch;
-# larger ones (trainval: ~28k samples, several MB each) are read from disk every time.
-MEMORY_CACHE_MAX_SAMPLES = 2000
-
-
-class MemoryCache(Dataset):
-    """Keeps each loaded sample: without random augmentation a sample never changes, and loading
-    (JPEG decoding, sweep aggregation, map rasterisation) costs more than a tiny training step."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-        self.cache: dict[int, object] = {}
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        if index not in self.cache:
-            self.cache[index] = self.dataset[index]
-        return self.cache[index]
 
 
 def warmup_cosine(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
@@ -214,7 +194,7 @@ def train(cfg: FullerConfig, data_root: str | Path, out: str | Path, *, resume: 
     payload = None
     if resume_from is not None:
         saved_cfg, payload = load_checkpoint(resume_from, map_location=device)
-        saved_cfg.train.steps = cfg.train.steps
+        saved_cfg = updated_config(saved_cfg, {"train.steps": cfg.train.steps})
         if saved_cfg != cfg:
             log.warning("%s: resuming with the checkpoint's config; the one given differs (only train.steps "
                         "may change on resume)", resume_from)
@@ -224,9 +204,7 @@ def train(cfg: FullerConfig, data_root: str | Path, out: str | Path, *, resume: 
         trainer.load_state(payload)
     broadcast_module(trainer.model)
     if dataset is None:
-        dataset = NuScenesDataset(cfg, data_root, cfg.data.train_split)
-        if len(dataset) <= MEMORY_CACHE_MAX_SAMPLES:
-            dataset = MemoryCache(dataset)
+        dataset = TrainingSet.open(cfg, data_root, cfg.data.train_split)
     t = cfg.train
     last = t.steps if stop_at is None else min(stop_at, t.steps)
     sampler = StepBatchSampler(len(dataset), t.batch_size, t.seed, trainer.step, last, rank, world)

@@ -1,9 +1,11 @@
 """Inference backends behind one interface (Polygraphy's runner idea, kept small).
 
 A backend knows its artefact and config and maps graph inputs to graph outputs by name
-(`fuller.export.contract`): ``run(feeds) -> outputs``. `load_backend` picks one from the artefact:
-``.engine`` -> TensorRT, ``.onnx`` -> ONNX Runtime with the fuller custom-op kernels, a training
-checkpoint (``.pt``) -> PyTorch (the only one that needs torch and ``fuller.train``).
+(`fuller.engine.contract`): ``run(feeds) -> outputs``. `load_backend` picks one of the runtime's
+own from the artefact: ``.engine`` -> TensorRT, ``.onnx`` -> ONNX Runtime with the fuller custom-op
+kernels. A training checkpoint runs on the PyTorch backend, which lives with the exporter
+(`fuller.export.torch_backend`: it needs torch and the training package) and is handed to `Engine`
+by the tools that accept checkpoints; any object with this interface can be.
 """
 from __future__ import annotations
 
@@ -25,7 +27,10 @@ class Backend(Protocol):
     def describe(self) -> str: ...
 
 
-def load_backend(path: str | Path, device: str = "cpu") -> Backend:
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+
+
+def load_backend(path: str | Path) -> Backend:
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"{path}: model artefact not found")
@@ -36,8 +41,9 @@ def load_backend(path: str | Path, device: str = "cpu") -> Backend:
     if suffix == ".onnx":
         from .ort_backend import OnnxRuntimeBackend
         return OnnxRuntimeBackend(path)
-    if suffix in (".pt", ".pth"):
-        from .torch_backend import TorchBackend
-        return TorchBackend(path, device)
-    raise UserInputError(f"{path}: unknown model artefact {suffix!r} (expected .engine for TensorRT, .onnx for "
-                         "ONNX Runtime, or a training checkpoint .pt for PyTorch)")
+    if suffix in CHECKPOINT_SUFFIXES:
+        raise UserInputError(f"{path}: a training checkpoint runs on the PyTorch backend, which the runtime does not "
+                             "include; export it (fuller export) or use a command that takes checkpoints "
+                             "(fuller infer, fuller replay)")
+    raise UserInputError(f"{path}: unknown model artefact {suffix!r} (expected .engine for TensorRT or .onnx for "
+                         "ONNX Runtime)")

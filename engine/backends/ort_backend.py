@@ -10,8 +10,9 @@ import onnxruntime
 
 from fuller.config import FullerConfig, config_from_dict
 from fuller.errors import UserInputError
-from fuller.export import contract
 from fuller.plugins import ort_session_options
+
+from .. import contract
 
 
 def read_config(model: onnx.ModelProto, path: Path) -> FullerConfig:

@@ -11,7 +11,9 @@ import yaml
 
 from fuller.config import config_from_dict
 from fuller.errors import UserInputError
-from fuller.export.build_engine import TENSORRT_MISSING, check_sidecar, current_gpu, register_plugins
+
+from ..artifacts import check_sidecar
+from ..nvidia import TENSORRT_MISSING, current_gpu, register_plugins
 
 
 class TensorRTBackend:

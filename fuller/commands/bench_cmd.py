@@ -57,7 +57,7 @@ def bench_data(data: str | None, cfg):
 def run_train_bench(args: argparse.Namespace) -> int:
     from fuller.config import load_config
     from fuller.train.bench import bench_train, format_bench
-    from fuller.train.data import NuScenesDataset
+    from fuller.data import NuScenesDataset
     from fuller.train.trainer import default_device
 
     cfg = load_config(args.config, args.set)
@@ -73,26 +73,27 @@ def run_train_bench(args: argparse.Namespace) -> int:
 def run_infer_bench(args: argparse.Namespace) -> int:
     import logging
 
-    from fuller.engine import Engine
+    from fuller.data import NuScenesDataset
     from fuller.engine.bench import bench_engines, format_bench
-    from fuller.engine.offline import frames, open_split
+    from fuller.engine.offline import frames
     from fuller.errors import UserInputError
+    from fuller.export.models import open_engine
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.checkpoint and not args.model:
         raise UserInputError("bench infer: give --checkpoint and/or --model")
     engines = {}
     if args.checkpoint:
-        engines["pytorch (cpu)"] = Engine.load(args.checkpoint)
+        engines["pytorch (cpu)"] = open_engine(args.checkpoint)
         import torch
         if torch.cuda.is_available():
-            engines["pytorch (cuda)"] = Engine.load(args.checkpoint, device="cuda")
+            engines["pytorch (cuda)"] = open_engine(args.checkpoint, device="cuda")
     for path in args.model:
-        engine = Engine.load(path)
+        engine = open_engine(path)
         engines[engine.backend.name] = engine
     cfg = next(iter(engines.values())).config
     with bench_data(args.data, cfg) as root:
-        dataset = open_split(cfg, root, args.split or cfg.data.val_split)
+        dataset = NuScenesDataset(cfg, root, args.split or cfg.data.val_split)
         loaded = []
         for _, calibration, sample in frames(dataset, progress=False):
             loaded.append((calibration, sample.images, sample.points))

@@ -27,15 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fuller.commands.infer_cmd import parity_report
     from fuller.config import load_config
-    from fuller.engine import Engine
+    from fuller.data import NuScenesDataset, open_nuscenes
+    from fuller.data.pictures import draw_sample
+    from fuller.engine.offline import run_parity
     from fuller.engine.parity import BOX_TOLERANCE_M, MAP_MAX_ABS, METRIC_POINTS
+    from fuller.evaluation import format_table
     from fuller.export.graph import export_model
+    from fuller.export.models import open_engine
     from fuller.synth.generate import SynthOptions, make_dataset
-    from fuller.train.data import NuScenesDataset, open_nuscenes
-    from fuller.train.data.pictures import draw_sample
-    from fuller.train.evaluation import format_table
     from fuller.train.predict import evaluate_model, load_model
     from fuller.train.trainer import CHECKPOINT, default_device, run_finished, train
 
@@ -75,9 +75,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"[5/7] exporting one ONNX graph (fuller::BevPool, fuller::SparseConv3d) to {onnx_path}")
     export_model(model.cpu(), cfg, onnx_path, step=args.steps)
     print(f"[6/7] ONNX Runtime vs PyTorch on {cfg.data.val_split}, same inputs, both scored by the devkit")
-    table, failures = parity_report(Engine.load(ckpt), Engine.load(onnx_path), data, cfg.data.val_split,
-                                    out / "parity", MAP_MAX_ABS, BOX_TOLERANCE_M, METRIC_POINTS, nusc=nusc)
-    print(table)
+    report = run_parity(open_engine(ckpt), open_engine(onnx_path), data, cfg.data.val_split, out / "parity",
+                        MAP_MAX_ABS, BOX_TOLERANCE_M, METRIC_POINTS, nusc=nusc)
+    print(report.table)
     print(f"[7/7] ONNX Runtime pictures: {out / 'parity' / 'onnxruntime' / 'pictures'}; parity "
-          + ("FAILED: " + "; ".join(failures) if failures else "passed") + f" ({out / 'parity' / 'parity.json'})")
-    return 1 if failures else 0
+          + ("FAILED: " + "; ".join(report.failures) if report.failures else "passed")
+          + f" ({out / 'parity' / 'parity.json'})")
+    return 1 if report.failures else 0

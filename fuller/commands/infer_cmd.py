@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -44,53 +43,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_infer(args: argparse.Namespace) -> int:
-    from fuller.engine import Engine
-    from fuller.engine.offline import evaluate_predictions, open_split, run_split
-    from fuller.train.evaluation import format_table
+    from fuller.engine.offline import infer_split
+    from fuller.evaluation import format_table
+    from fuller.export.models import open_engine
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    engine = Engine.load(args.model, device=args.device)
-    split = args.split or engine.config.data.val_split
+    engine = open_engine(args.model, device=args.device)
     print(f"backend: {engine.describe()}")
-    dataset = open_split(engine.config, args.data, split)
-    predictions = run_split([engine], dataset)[0]
-    metrics = evaluate_predictions(engine.config, dataset, predictions, split, args.out, args.pictures)
+    metrics = infer_split(engine, args.data, args.split or engine.config.data.val_split, args.out, args.pictures)
     print(format_table(metrics))
     print(f"metrics: {Path(args.out) / 'metrics.json'}")
     return 0
 
 
-def parity_report(reference, other, data, split, out, map_max_abs, box_tolerance, metric_points,
-                  progress: bool = True, nusc=None) -> tuple[str, list[str]]:
-    """Run the comparison; returns the printed table and the failed thresholds (also saved as JSON)."""
-    from fuller.engine.offline import run_parity
-    from fuller.engine.parity import format_parity
-
-    comparison, deltas, _, _ = run_parity(reference, other, data, split, out, progress=progress, nusc=nusc)
-    failures = comparison.failures(map_max_abs, box_tolerance)
-    failures += [f"{name}: delta {value:+.3f} points exceeds {metric_points:g}"
-                 for name, value in deltas.items() if abs(value) > metric_points]
-    frames = comparison.outputs[next(iter(comparison.outputs))].count if comparison.outputs else 0
-    table = format_parity(comparison, deltas, reference.backend.name, other.backend.name, frames, box_tolerance)
-    record = {"frames": frames, "outputs": {k: vars(v) for k, v in comparison.outputs.items()},
-              "boxes": comparison.boxes.record(box_tolerance),
-              "metric_deltas_points": deltas, "failures": failures}
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "parity.json").write_text(json.dumps(record, indent=2))
-    return table, failures
-
-
 def run_parity_cmd(args: argparse.Namespace) -> int:
-    from fuller.engine import Engine
+    from fuller.engine.offline import run_parity
+    from fuller.export.models import open_engine
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    reference, other = Engine.load(args.checkpoint), Engine.load(args.model)
+    reference, other = open_engine(args.checkpoint), open_engine(args.model)
     split = args.split or reference.config.data.val_split
     print(f"reference: {reference.describe()}\nother:     {other.describe()}")
-    table, failures = parity_report(reference, other, args.data, split, args.out, args.map_max_abs,
-                                    args.box_tolerance, args.metric_points)
-    print(table)
-    for failure in failures:
+    report = run_parity(reference, other, args.data, split, args.out, args.map_max_abs, args.box_tolerance,
+                        args.metric_points)
+    print(report.table)
+    for failure in report.failures:
         print(f"FAIL {failure}")
-    print("parity: " + ("FAILED" if failures else "passed") + f" ({Path(args.out) / 'parity.json'})")
-    return 1 if failures else 0
+    print("parity: " + ("FAILED" if report.failures else "passed") + f" ({Path(args.out) / 'parity.json'})")
+    return 1 if report.failures else 0

@@ -66,12 +66,12 @@ def parse_params(pairs: list[str]) -> dict:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    from fuller.engine import Engine
+    from fuller.export.models import open_engine
     from fuller.ros2_node.params import NodeParams
     from fuller.ros2_node.replay import replay
 
     params = NodeParams.from_mapping({"model": args.model, "device": args.device, **parse_params(args.param)})
-    engine = Engine.load(args.model, params.device, score_threshold=params.score_threshold,
+    engine = open_engine(args.model, params.device, score_threshold=params.score_threshold,
                          map_threshold=params.map_threshold)
     report = replay(args.bag, engine, params, args.out)
     print(f"wrote {report.out}: {report.messages} input messages and the node's outputs")

@@ -18,8 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fuller.config import load_config
-    from fuller.train.data.pictures import draw_sample
-    from fuller.train.data import NuScenesDataset
+    from fuller.data import NuScenesDataset
+    from fuller.data.pictures import draw_sample
 
     cfg = load_config(args.config)
     dataset = NuScenesDataset(cfg, args.data, args.split or cfg.data.train_split, transforms=[])

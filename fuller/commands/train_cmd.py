@@ -63,7 +63,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from fuller.train.evaluation import format_table
+    from fuller.evaluation import format_table
     from fuller.train.predict import evaluate_model, load_model
     from fuller.train.trainer import default_device
 

@@ -7,6 +7,7 @@ same bytes whatever the number of workers.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -91,10 +92,10 @@ def make_dataset(out: str | os.PathLike, options: SynthOptions = SynthOptions(),
     locations = sorted({LOCATIONS[i % len(LOCATIONS)] for i in range(len(names))}, key=LOCATIONS.index)
     towns = {loc: town_for(options.seed, loc) for loc in locations}
     tables = _static_tables(options.seed)
-    jobs = [(i, name, LOCATIONS[i % len(LOCATIONS)]) for i, name in enumerate(names)]
+    jobs = [SceneJob(i, name, LOCATIONS[i % len(LOCATIONS)], options, root) for i, name in enumerate(names)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(towns, options, str(root))) as pool:
-        results = pool.map(_simulate_scene, jobs)
+    with ProcessPoolExecutor(workers) as pool:
+        results = pool.map(simulate_scene, jobs)
         for part in tqdm(results, total=len(jobs), desc="scenes", unit="scene", disable=not progress):
             for table, rows in part.items():
                 tables[table].extend(rows)
@@ -108,8 +109,10 @@ def make_dataset(out: str | os.PathLike, options: SynthOptions = SynthOptions(),
             "options": asdict(options)}
 
 
+@functools.lru_cache(maxsize=8)
 def town_for(seed: int, location: str) -> Town:
-    """The town a dataset of this seed holds at `location` (a pure function of both)."""
+    """The town a dataset of this seed holds at `location` (a pure function of both, built once per
+    process)."""
     return generate_town(np.random.default_rng([seed, 1000 + LOCATIONS.index(location)]))
 
 
@@ -142,13 +145,6 @@ def _write_maps(root: Path, towns: dict[str, Town], tables: dict[str, list], see
                               "filename": f"maps/{token}.png"})
 
 
-_WORKER: dict = {}
-
-
-def _init_worker(towns: dict[str, Town], options: SynthOptions, root: str) -> None:
-    _WORKER.update(towns=towns, options=options, root=Path(root))
-
-
 def _boxes_at(agents: list[Agent], t: float) -> np.ndarray:
     """(B, 7) global boxes [x, y, z_centre, w, l, h, yaw] at time t."""
     rows = []
@@ -169,98 +165,143 @@ def points_in_boxes(points_lidar: np.ndarray, boxes_lidar: np.ndarray) -> np.nda
             & (np.abs(d[..., 2]) <= boxes_lidar[:, 5] / 2))
 
 
-def _simulate_scene(job: tuple[int, str, str]) -> dict[str, list]:
-    index, name, location = job
-    opts: SynthOptions = _WORKER["options"]
-    root: Path = _WORKER["root"]
-    town: Town = _WORKER["towns"][location]
-    rng = np.random.default_rng([opts.seed, index])
-    tok = Tokens(opts.seed, name)
-    out: dict[str, list] = {k: [] for k in ("instance", "calibrated_sensor", "ego_pose", "log", "scene", "sample",
-                                             "sample_data", "sample_annotation")}
+@dataclass(frozen=True)
+class SceneJob:
+    """One scene to simulate in a worker process: everything it needs is in here (the town is
+    rebuilt in the worker from the seed, cheaper than sending it)."""
 
-    graph = RoadGraph(town)
-    duration = (opts.samples_per_scene - 1) * SAMPLE_PERIOD
-    start, heading = graph.random_leg(rng, np.array([town.width, town.height]) / 2, 1e9)
-    ego_speed = float(rng.uniform(5.0, 10.0))
-    ego = graph.random_route(rng, start, heading, 0, ego_speed * duration + 20.0, float(rng.uniform(0.0, 0.5)))
-    ego.speed, ego.wobble, ego.omega = ego_speed, 0.15 * ego_speed / 0.3, 0.3
-    agents = populate(town, graph, ego, duration, rng, opts.density)
-    colours = np.array([np.array(OBJECT_COLOURS[a.category]) * a.shade for a in agents]).reshape(-1, 3)
-    intensity = np.array([OBJECT_INTENSITY[a.category] for a in agents])
+    index: int
+    name: str
+    location: str
+    options: SynthOptions
+    root: Path
 
-    scene_offset_us = index * 3_600_000_000 + opts.seed % 1000 * 1_000_000
-    vehicle = "n015" if location.startswith("singapore") else "n008"
-    logfile = f"{vehicle}-2018-{7 + index // 28:02d}-{1 + index % 28:02d}-11-22-45{'+0800' if vehicle == 'n015' else '-0400'}"
-    log_token = tok("log")
-    out["log"].append({"token": log_token, "logfile": logfile, "vehicle": vehicle,
-                       "date_captured": logfile[5:15], "location": location})
 
-    lidar = make_lidar(opts.azimuth_step_deg)
-    cameras = make_cameras(opts.image_scale)
-    renderers = [CameraRenderer(c) for c in cameras]
-    fixed = Tokens(opts.seed, "static").fixed
-    calib = {}
-    for channel, rot, trans, k in [("LIDAR_TOP", lidar.rotation, lidar.translation, [])] + [
-            (c.channel, c.rotation, c.translation, c.intrinsic.tolist()) for c in cameras]:
-        calib[channel] = tok("calibrated_sensor")
-        out["calibrated_sensor"].append({"token": calib[channel], "sensor_token": fixed(f"sensor/{channel}"),
-                                         "translation": [float(c) for c in trans],
-                                         "rotation": quaternion_list(rot), "camera_intrinsic": k})
-    lidar2ego = pose_matrix(lidar.rotation, lidar.translation)
+TABLES_PER_SCENE = ("instance", "calibrated_sensor", "ego_pose", "log", "scene", "sample", "sample_data",
+                    "sample_annotation")
 
-    sample_tokens = [tok("sample") for _ in range(opts.samples_per_scene)]
-    scene_token = tok("scene")
-    sweeps = opts.sweeps_per_sample + 1
-    chains: dict[str, list[dict]] = {}
 
-    def timestamp(t: float) -> int:
-        return START_TIMESTAMP_US + scene_offset_us + int(round(t * 1e6))
+class SceneSimulator:
+    """One scene: traffic around an ego drive, every LiDAR sweep and keyframe camera image written
+    to disk, and the scene's rows of the nuScenes tables. `run` does the steps in order; the random
+    draws happen in a fixed order, so a scene's bytes depend only on (seed, scene index)."""
 
-    def ego_pose(t: float) -> tuple[str, np.ndarray]:
-        x, y, yaw = ego.pose(t)
-        pose_token = tok("ego_pose")
+    def __init__(self, job: SceneJob) -> None:
+        self.job, self.opts = job, job.options
+        self.town = town_for(self.opts.seed, job.location)
+        self.rng = np.random.default_rng([self.opts.seed, job.index])
+        self.tok = Tokens(self.opts.seed, job.name)
+        self.fixed = Tokens(self.opts.seed, "static").fixed
+        self.tables: dict[str, list] = {k: [] for k in TABLES_PER_SCENE}
+        self.chains: dict[str, list[dict]] = {}
+        self.annotations: dict[int, list[dict]] = {}
+        self.scene_offset_us = job.index * 3_600_000_000 + self.opts.seed % 1000 * 1_000_000
+
+    def run(self) -> dict[str, list]:
+        self._drive_and_traffic()
+        self._log()
+        self._sensors()
+        self.sample_tokens = [self.tok("sample") for _ in range(self.opts.samples_per_scene)]
+        self.scene_token = self.tok("scene")
+        sweeps = self.opts.sweeps_per_sample + 1
+        # Sweeps before the first keyframe too, so every sample has its full history of sweeps.
+        for k in range(-self.opts.sweeps_per_sample, (self.opts.samples_per_scene - 1) * sweeps + 1):
+            self._sweep(k * SAMPLE_PERIOD / sweeps, k // sweeps if k >= 0 and k % sweeps == 0 else None)
+        self._link_sample_data()
+        self._instances()
+        self._samples_and_scene()
+        return self.tables
+
+    def _drive_and_traffic(self) -> None:
+        """The ego's route and speed, and the agents populated along it."""
+        rng, town = self.rng, self.town
+        graph = RoadGraph(town)
+        self.duration = (self.opts.samples_per_scene - 1) * SAMPLE_PERIOD
+        start, heading = graph.random_leg(rng, np.array([town.width, town.height]) / 2, 1e9)
+        speed = float(rng.uniform(5.0, 10.0))
+        ego = graph.random_route(rng, start, heading, 0, speed * self.duration + 20.0, float(rng.uniform(0.0, 0.5)))
+        ego.speed, ego.wobble, ego.omega = speed, 0.15 * speed / 0.3, 0.3
+        self.ego = ego
+        self.agents = populate(town, graph, ego, self.duration, rng, self.opts.density)
+        self.colours = np.array([np.array(OBJECT_COLOURS[a.category]) * a.shade for a in self.agents]).reshape(-1, 3)
+        self.intensity = np.array([OBJECT_INTENSITY[a.category] for a in self.agents])
+
+    def _log(self) -> None:
+        index, location = self.job.index, self.job.location
+        vehicle = "n015" if location.startswith("singapore") else "n008"
+        zone = "+0800" if vehicle == "n015" else "-0400"
+        self.logfile = f"{vehicle}-2018-{7 + index // 28:02d}-{1 + index % 28:02d}-11-22-45{zone}"
+        self.log_token = self.tok("log")
+        self.tables["log"].append({"token": self.log_token, "logfile": self.logfile, "vehicle": vehicle,
+                                   "date_captured": self.logfile[5:15], "location": location})
+
+    def _sensors(self) -> None:
+        """The rig (LiDAR and the six cameras) and its calibrated_sensor rows."""
+        self.lidar = make_lidar(self.opts.azimuth_step_deg)
+        self.cameras = make_cameras(self.opts.image_scale)
+        self.renderers = [CameraRenderer(c) for c in self.cameras]
+        self.calib = {}
+        for channel, rot, trans, k in [("LIDAR_TOP", self.lidar.rotation, self.lidar.translation, [])] + [
+                (c.channel, c.rotation, c.translation, c.intrinsic.tolist()) for c in self.cameras]:
+            self.calib[channel] = self.tok("calibrated_sensor")
+            self.tables["calibrated_sensor"].append({
+                "token": self.calib[channel], "sensor_token": self.fixed(f"sensor/{channel}"),
+                "translation": [float(c) for c in trans], "rotation": quaternion_list(rot), "camera_intrinsic": k})
+        self.lidar2ego = pose_matrix(self.lidar.rotation, self.lidar.translation)
+
+    def _timestamp(self, t: float) -> int:
+        return START_TIMESTAMP_US + self.scene_offset_us + int(round(t * 1e6))
+
+    def _ego_pose(self, t: float) -> tuple[str, np.ndarray]:
+        x, y, yaw = self.ego.pose(t)
+        pose_token = self.tok("ego_pose")
         rot = yaw_rotation(float(yaw))
-        out["ego_pose"].append({"token": pose_token, "timestamp": timestamp(t), "rotation": quaternion_list(rot),
-                                "translation": [float(x), float(y), 0.0]})
+        self.tables["ego_pose"].append({"token": pose_token, "timestamp": self._timestamp(t),
+                                        "rotation": quaternion_list(rot), "translation": [float(x), float(y), 0.0]})
         return pose_token, pose_matrix(rot, [float(x), float(y), 0.0])
 
-    def add_sample_data(channel: str, t: float, key: int | None, filename: str, pose_token: str, size) -> None:
-        sample = sample_tokens[key if key is not None else min(int(np.ceil(t / SAMPLE_PERIOD - 1e-9)),
-                                                                   len(sample_tokens) - 1)]
-        chains.setdefault(channel, []).append({
-            "token": tok("sample_data"), "sample_token": sample, "ego_pose_token": pose_token,
-            "calibrated_sensor_token": calib[channel], "timestamp": timestamp(t),
+    def _add_sample_data(self, channel: str, t: float, key: int | None, filename: str, pose_token: str,
+                         size: tuple[int, int]) -> None:
+        last = len(self.sample_tokens) - 1
+        sample = self.sample_tokens[key if key is not None else min(int(np.ceil(t / SAMPLE_PERIOD - 1e-9)), last)]
+        self.chains.setdefault(channel, []).append({
+            "token": self.tok("sample_data"), "sample_token": sample, "ego_pose_token": pose_token,
+            "calibrated_sensor_token": self.calib[channel], "timestamp": self._timestamp(t),
             "fileformat": "pcd" if channel == "LIDAR_TOP" else "jpg", "is_key_frame": key is not None,
             "height": size[1], "width": size[0], "filename": filename, "prev": "", "next": ""})
 
-    annotations: dict[int, list[dict]] = {}
-    # Sweeps before the first keyframe too, so every sample has its full history of sweeps.
-    for k in range(-opts.sweeps_per_sample, (opts.samples_per_scene - 1) * sweeps + 1):
-        t = k * SAMPLE_PERIOD / sweeps
-        key = k // sweeps if k >= 0 and k % sweeps == 0 else None
-        pose_token, ego2global = ego_pose(t)
-        lidar2global = ego2global @ lidar2ego
-        boxes = _boxes_at(agents, t)
-        points, _ = cast(lidar, lidar2global, boxes, intensity, town, rng)
+    def _sweep(self, t: float, key: int | None) -> None:
+        """One LiDAR sweep at time t; at a keyframe (``key``: the sample index) also the cameras and
+        the annotations."""
+        pose_token, ego2global = self._ego_pose(t)
+        lidar2global = ego2global @ self.lidar2ego
+        boxes = _boxes_at(self.agents, t)
+        points, _ = cast(self.lidar, lidar2global, boxes, self.intensity, self.town, self.rng)
         folder = "samples" if key is not None else "sweeps"
-        filename = f"{folder}/LIDAR_TOP/{logfile}__LIDAR_TOP__{timestamp(t)}.pcd.bin"
-        points.tofile(root / filename)
-        add_sample_data("LIDAR_TOP", t, key, filename, pose_token, (0, 0))
-        if key is None:
-            continue
+        filename = f"{folder}/LIDAR_TOP/{self.logfile}__LIDAR_TOP__{self._timestamp(t)}.pcd.bin"
+        points.tofile(self.job.root / filename)
+        self._add_sample_data("LIDAR_TOP", t, key, filename, pose_token, (0, 0))
+        if key is not None:
+            visible, area = self._images(t, key, ego2global, boxes)
+            self._annotate(t, key, points, boxes, lidar2global, ego2global, visible, area)
 
-        visible = np.zeros(len(agents))
-        area = np.zeros(len(agents))
-        for cam, renderer in zip(cameras, renderers):
-            pose_token, _ = ego_pose(t)
-            image, ids, areas = renderer.render(town, ego2global, boxes, colours)
-            filename = f"samples/{cam.channel}/{logfile}__{cam.channel}__{timestamp(t)}.jpg"
-            Image.fromarray(image).save(root / filename, quality=opts.jpeg_quality)
-            add_sample_data(cam.channel, t, key, filename, pose_token, (cam.width, cam.height))
-            visible += np.bincount(ids.ravel(), minlength=len(agents) + 1)[1:]
+    def _images(self, t: float, key: int, ego2global: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each camera's image at a keyframe; returns per agent its visible and its projected pixel area."""
+        visible = np.zeros(len(self.agents))
+        area = np.zeros(len(self.agents))
+        for cam, renderer in zip(self.cameras, self.renderers):
+            pose_token, _ = self._ego_pose(t)
+            image, ids, areas = renderer.render(self.town, ego2global, boxes, self.colours)
+            filename = f"samples/{cam.channel}/{self.logfile}__{cam.channel}__{self._timestamp(t)}.jpg"
+            Image.fromarray(image).save(self.job.root / filename, quality=self.opts.jpeg_quality)
+            self._add_sample_data(cam.channel, t, key, filename, pose_token, (cam.width, cam.height))
+            visible += np.bincount(ids.ravel(), minlength=len(self.agents) + 1)[1:]
             area += areas
+        return visible, area
 
+    def _annotate(self, t: float, key: int, points: np.ndarray, boxes: np.ndarray, lidar2global: np.ndarray,
+                  ego2global: np.ndarray, visible: np.ndarray, area: np.ndarray) -> None:
+        """The keyframe's sample_annotation rows: agents in range, with LiDAR point counts and visibility."""
         global2lidar = np.linalg.inv(lidar2global)
         boxes_lidar = boxes.copy()
         boxes_lidar[:, :3] = boxes[:, :3] @ global2lidar[:3, :3].T + global2lidar[:3, 3]
@@ -268,36 +309,49 @@ def _simulate_scene(job: tuple[int, str, str]) -> dict[str, list]:
         counts = points_in_boxes(points, boxes_lidar).sum(0)
         in_range = np.hypot(boxes[:, 0] - ego2global[0, 3], boxes[:, 1] - ego2global[1, 3]) < ANNOTATION_RANGE
         for b in np.flatnonzero(in_range):
-            attr = agents[b].attribute(t)
+            attr = self.agents[b].attribute(t)
             fraction = visible[b] / area[b] if area[b] > 0 else 0.0
-            annotations.setdefault(b, []).append({
-                "token": tok("sample_annotation"), "sample_token": sample_tokens[key], "instance_token": "",
+            self.annotations.setdefault(b, []).append({
+                "token": self.tok("sample_annotation"), "sample_token": self.sample_tokens[key], "instance_token": "",
                 "visibility_token": visibility_token(min(fraction, 1.0)),
-                "attribute_tokens": [fixed(f"attribute/{attr}")] if attr else [],
+                "attribute_tokens": [self.fixed(f"attribute/{attr}")] if attr else [],
                 "translation": [float(c) for c in boxes[b, :3]], "size": [float(c) for c in boxes[b, 3:6]],
                 "rotation": quaternion_list(yaw_rotation(float(boxes[b, 6]))), "prev": "", "next": "",
                 "num_lidar_pts": int(counts[b]), "num_radar_pts": 0})
 
-    for channel, chain in chains.items():
-        for a, b in zip(chain[:-1], chain[1:]):
-            a["next"], b["prev"] = b["token"], a["token"]
-        out["sample_data"].extend(chain)
-    for b, anns in annotations.items():
-        inst = tok("instance")
-        for a, nxt in zip(anns[:-1], anns[1:]):
-            a["next"], nxt["prev"] = nxt["token"], a["token"]
-        for a in anns:
-            a["instance_token"] = inst
-        out["instance"].append({"token": inst, "category_token": fixed(f"category/{agents[b].category}"),
-                                "nbr_annotations": len(anns), "first_annotation_token": anns[0]["token"],
-                                "last_annotation_token": anns[-1]["token"]})
-        out["sample_annotation"].extend(anns)
-    for i, s in enumerate(sample_tokens):
-        out["sample"].append({"token": s, "timestamp": timestamp(i * SAMPLE_PERIOD),
-                              "prev": sample_tokens[i - 1] if i > 0 else "",
-                              "next": sample_tokens[i + 1] if i + 1 < len(sample_tokens) else "",
-                              "scene_token": scene_token})
-    out["scene"].append({"token": scene_token, "log_token": log_token, "nbr_samples": len(sample_tokens),
-                         "first_sample_token": sample_tokens[0], "last_sample_token": sample_tokens[-1],
-                         "name": name, "description": f"synthetic drive in {location}, {len(agents)} agents"})
-    return out
+    def _link_sample_data(self) -> None:
+        for chain in self.chains.values():
+            for a, b in zip(chain[:-1], chain[1:]):
+                a["next"], b["prev"] = b["token"], a["token"]
+            self.tables["sample_data"].extend(chain)
+
+    def _instances(self) -> None:
+        """One instance per annotated agent, its annotations linked in time."""
+        for b, anns in self.annotations.items():
+            inst = self.tok("instance")
+            for a, nxt in zip(anns[:-1], anns[1:]):
+                a["next"], nxt["prev"] = nxt["token"], a["token"]
+            for a in anns:
+                a["instance_token"] = inst
+            self.tables["instance"].append({
+                "token": inst, "category_token": self.fixed(f"category/{self.agents[b].category}"),
+                "nbr_annotations": len(anns), "first_annotation_token": anns[0]["token"],
+                "last_annotation_token": anns[-1]["token"]})
+            self.tables["sample_annotation"].extend(anns)
+
+    def _samples_and_scene(self) -> None:
+        tokens = self.sample_tokens
+        for i, s in enumerate(tokens):
+            self.tables["sample"].append({"token": s, "timestamp": self._timestamp(i * SAMPLE_PERIOD),
+                                          "prev": tokens[i - 1] if i > 0 else "",
+                                          "next": tokens[i + 1] if i + 1 < len(tokens) else "",
+                                          "scene_token": self.scene_token})
+        self.tables["scene"].append({
+            "token": self.scene_token, "log_token": self.log_token, "nbr_samples": len(tokens),
+            "first_sample_token": tokens[0], "last_sample_token": tokens[-1], "name": self.job.name,
+            "description": f"synthetic drive in {self.job.location}, {len(self.agents)} agents"})
+
+
+def simulate_scene(job: SceneJob) -> dict[str, list]:
+    """The worker's entry point: one scene's table rows (its files are written as it goes)."""
+    return SceneSimulator(job).run()

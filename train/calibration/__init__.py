@@ -1,4 +1,4 @@
-"""FULLER's multi-level gradient calibration (docs: DESIGN.md §3).
+"""FULLER's multi-level gradient calibration (docs/training.md).
 
 * inter-task, at the shared representation: :class:`GradientCalibrator` with one of the methods
   of :mod:`.inter` (``train.inter``);

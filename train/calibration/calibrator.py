@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from fuller.config import ConfigError
 
 from ..parallel import all_reduce_sum, world_size
 from .inter import Uncertainty, build_inter
@@ -87,7 +86,7 @@ class GradientCalibrator(nn.Module):
         super().__init__()
         tasks = list(tasks)
         if not tasks or len(set(tasks)) != len(tasks) or not all(isinstance(t, str) for t in tasks):
-            raise ConfigError("tasks", "a non-empty list of unique task names", tasks)
+            raise ValueError(f"tasks: expected a non-empty list of unique task names, got {tasks}")
         self.tasks = tasks
         self.inter = inter
         self.method = build_inter(inter, len(tasks), inter_weights, seed)
@@ -123,18 +122,19 @@ class GradientCalibrator(nn.Module):
         :meth:`ModalityGradientBalance.diagnostics` when ``balance`` is given).
         """
         if not (isinstance(z, Tensor) and z.requires_grad):
-            raise ConfigError("z", "the trunk output, a tensor that requires grad", type(z).__name__)
+            raise ValueError(f"z: expected the trunk output, a tensor that requires grad, got {type(z).__name__}")
         unknown = sorted(set(head_params) - set(self.tasks))
         if unknown:
-            raise ConfigError("head_params", f"keys among the tasks {self.tasks}", unknown)
+            raise ValueError(f"head_params: expected keys among the tasks {self.tasks}, got {unknown}")
         zd = z.detach().requires_grad_()
         losses = losses_fn(zd)
         if not isinstance(losses, Mapping) or set(losses) != set(self.tasks):
             got = sorted(losses) if isinstance(losses, Mapping) else type(losses).__name__
-            raise ConfigError("losses_fn", f"a dict with one scalar loss per task {self.tasks}", got)
+            raise ValueError(f"losses_fn: expected a dict with one scalar loss per task {self.tasks}, got {got}")
         for t in self.tasks:
             if not (isinstance(losses[t], Tensor) and losses[t].numel() == 1):
-                raise ConfigError(f"losses_fn()[{t!r}]", "a scalar tensor", getattr(losses[t], "shape", losses[t]))
+                raise ValueError(f"losses_fn()[{t!r}]: expected a scalar tensor, "
+                                 f"got {getattr(losses[t], 'shape', losses[t])}")
 
         rows, head_grads = [], []
         last = len(self.tasks) - 1

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fuller.config import INTER_METHODS, ConfigError
+from fuller.config import INTER_METHODS
 
 # A task whose gradient norm is below this fraction of the largest one counts as absent (IMTL).
 _REL_ZERO = 1e-12
@@ -42,7 +42,7 @@ _MGDA_MAX_TASKS = 12
 def _as_gram(gram: Tensor) -> np.ndarray:
     """The Gram as a symmetric float64 numpy matrix, checked."""
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] < 1:
-        raise ConfigError("gram", "a square (T, T) matrix with T >= 1", tuple(gram.shape))
+        raise ValueError(f"gram: expected a square (T, T) matrix with T >= 1, got {tuple(gram.shape)}")
     g = gram.detach().to("cpu", torch.float64).numpy()
     return 0.5 * (g + g.T)
 
@@ -100,7 +100,7 @@ def pcgrad_orders(seed: int, step: int, num_tasks: int) -> list[list[int]]:
     reference) draws the same orders without communicating.
     """
     if seed < 0 or step < 0:
-        raise ConfigError("seed, step", "non-negative integers", (seed, step))
+        raise ValueError(f"seed, step: expected non-negative integers, got {(seed, step)}")
     rng = np.random.default_rng([int(seed), int(step)])
     return [rng.permutation(num_tasks).tolist() for _ in range(num_tasks)]
 
@@ -118,7 +118,7 @@ def pcgrad_coefficients(gram: Tensor, orders: Sequence[Sequence[int]]) -> Tensor
     g = _as_gram(gram)
     t = g.shape[0]
     if len(orders) != t or any(sorted(o) != list(range(t)) for o in orders):
-        raise ConfigError("orders", f"{t} permutations of range({t})", [list(o) for o in orders])
+        raise ValueError(f"orders: expected {t} permutations of range({t}), got {[list(o) for o in orders]}")
     m = np.eye(t)
     for i in range(t):
         for j in orders[i]:
@@ -143,7 +143,7 @@ def mgda_coefficients(gram: Tensor) -> Tensor:
     g = _as_gram(gram)
     t = g.shape[0]
     if t > _MGDA_MAX_TASKS:
-        raise ConfigError("gram", f"at most {_MGDA_MAX_TASKS} tasks for exact MGDA", t)
+        raise ValueError(f"gram: expected at most {_MGDA_MAX_TASKS} tasks for exact MGDA, got {t}")
     scale = np.diag(g).max()
     if scale <= 0.0:
         return _out(np.full(t, 1.0 / t))
@@ -244,7 +244,7 @@ def cagrad_coefficients(gram: Tensor, c: float = 0.5, rescale: bool = True) -> T
     in closed form, more by projected gradient. If ``g_w = 0`` (zero in the hull) the update is g0.
     """
     if c < 0:
-        raise ConfigError("c", "a non-negative CAGrad radius", c)
+        raise ValueError(f"c: expected a non-negative CAGrad radius, got {c}")
     g = _as_gram(gram)
     t = g.shape[0]
     b = np.full(t, 1.0 / t)
@@ -322,7 +322,8 @@ class Static(InterMethod):
     def __init__(self, weights: Sequence[float], num_tasks: int):
         super().__init__()
         if len(weights) != num_tasks or any(w < 0 for w in weights):
-            raise ConfigError("inter_weights", f"{num_tasks} non-negative weights, one per task", list(weights))
+            raise ValueError(f"inter_weights: expected {num_tasks} non-negative weights, one per task, "
+                             f"got {list(weights)}")
         self.weights = tuple(float(w) for w in weights)
 
     def coefficients(self, gram: Tensor, losses: Tensor, step: int) -> Tensor:
@@ -335,7 +336,7 @@ class PCGrad(InterMethod):
     def __init__(self, seed: int = 0):
         super().__init__()
         if seed < 0:
-            raise ConfigError("seed", "a non-negative integer (PCGrad draws its orders from it)", seed)
+            raise ValueError(f"seed: expected a non-negative integer (PCGrad draws its orders from it), got {seed}")
         self.seed = int(seed)
 
     def coefficients(self, gram: Tensor, losses: Tensor, step: int) -> Tensor:
@@ -396,7 +397,7 @@ class Uncertainty(InterMethod):
 def build_inter(name: str, num_tasks: int, weights: Sequence[float] = (), seed: int = 0) -> InterMethod:
     """The method named by ``train.inter``; ``weights`` serve ``static``, ``seed`` serves ``pcgrad``."""
     if num_tasks < 1:
-        raise ConfigError("num_tasks", "at least one task", num_tasks)
+        raise ValueError(f"num_tasks: expected at least one task, got {num_tasks}")
     makers = {
         "imtl": IMTL,
         "sum": Sum,
@@ -408,5 +409,5 @@ def build_inter(name: str, num_tasks: int, weights: Sequence[float] = (), seed: 
         "uncertainty": lambda: Uncertainty(num_tasks),
     }
     if name not in makers:
-        raise ConfigError("inter", f"one of {list(INTER_METHODS)}", repr(name))
+        raise ValueError(f"inter: expected one of {list(INTER_METHODS)}, got {name!r}")
     return makers[name]()

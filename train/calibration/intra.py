@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from fuller.config import INTRA_TARGETS, ConfigError
+from fuller.config import INTRA_TARGETS
 
 from ..parallel import all_reduce_sum, world_size
 
@@ -67,7 +67,7 @@ class ModalityGradientBalance(nn.Module):
     def __init__(self, target: str = "mean", enabled: bool = True, measure: bool = True):
         super().__init__()
         if target not in INTRA_TARGETS:
-            raise ConfigError("target", f"one of {list(INTRA_TARGETS)}", repr(target))
+            raise ValueError(f"target: expected one of {list(INTRA_TARGETS)}, got {target!r}")
         self.target, self.enabled, self.measure = target, bool(enabled), bool(measure)
         self._record: Tensor | None = None
 

@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from fuller.config import ConfigError
 
 from .calibrator import accumulate_grad, gram_diagnostics, gram_of
 from ..parallel import all_reduce_sum, world_size
@@ -38,10 +37,11 @@ def parameter_pcgrad_backward(losses: Mapping[str, Tensor], shared_params: Seque
     tasks = list(losses)
     unknown = sorted(set(head_params) - set(tasks))
     if unknown:
-        raise ConfigError("head_params", f"keys among the tasks {tasks}", unknown)
+        raise ValueError(f"head_params: expected keys among the tasks {tasks}, got {unknown}")
     shared = [p for p in shared_params if p.requires_grad]
     if not shared:
-        raise ConfigError("shared_params", "at least one parameter that requires grad", len(shared_params))
+        raise ValueError("shared_params: expected at least one parameter that requires grad, "
+                         f"got {len(shared_params)}")
     rows = []
     for i, t in enumerate(tasks):
         heads = [p for p in head_params.get(t, ()) if p.requires_grad]

@@ -32,6 +32,7 @@ class ModelInputs:
     pool: PoolGeometry | None = None  # BEV-pool geometry of the batch's calibrations
     voxel_features: torch.Tensor | None = None  # (V, 5) mean point per voxel
     voxel_coords: torch.Tensor | None = None  # (V, 4) int32: batch, ix, iy, iz
+    voxel_count: torch.Tensor | None = None  # (1,) int32: valid rows of a fixed-capacity list (the graph's), or None
 
     def to(self, device: torch.device) -> "ModelInputs":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -77,20 +78,31 @@ class FullerModel(nn.Module):
                  "map": lambda: MapHead(cfg, m.decoder_out_channels)}
         self.heads = nn.ModuleDict({t: heads[t]() for t in self.tasks})
 
-    def modality_bevs(self, inputs: ModelInputs) -> list[torch.Tensor]:
-        """The BEV maps entering the fuser, camera first; gradient-balanced while training."""
+    def modality_bevs(self, inputs: ModelInputs, sparse_encoder: nn.Module | None = None) -> list[torch.Tensor]:
+        """The BEV maps entering the fuser, camera first; gradient-balanced while training.
+
+        ``sparse_encoder`` stands in for the trained LiDAR encoder: the export passes its folded
+        chain of ``fuller::SparseConv3d`` ops, which takes the graph's fixed-capacity voxel list
+        (features, coords, count) as it is."""
         bevs = []
         if self.camera is not None:
             bevs.append(self.camera(inputs.images, inputs.pool))
         if self.lidar is not None:
-            bevs.append(self.lidar(inputs.voxel_features, inputs.voxel_coords, inputs.batch_size))
+            features, coords = inputs.voxel_features, inputs.voxel_coords
+            if sparse_encoder is not None:
+                bevs.append(sparse_encoder(features, coords, inputs.voxel_count))
+            else:
+                if inputs.voxel_count is not None:
+                    n = int(inputs.voxel_count[0])
+                    features, coords = features[:n], coords[:n]
+                bevs.append(self.lidar(features, coords, inputs.batch_size))
         if len(bevs) == 2 and self.training and torch.is_grad_enabled():
             bevs = list(self.balance(*bevs))
         return bevs
 
-    def trunk(self, inputs: ModelInputs) -> torch.Tensor:
+    def trunk(self, inputs: ModelInputs, sparse_encoder: nn.Module | None = None) -> torch.Tensor:
         """Shared representation z on the detection grid, (B, decoder_out_channels, X, Y)."""
-        return self.decoder_neck(self.decoder(self.fuser(self.modality_bevs(inputs))))
+        return self.decoder_neck(self.decoder(self.fuser(self.modality_bevs(inputs, sparse_encoder))))
 
     def task_losses(self, z: torch.Tensor, targets: Targets) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Per-task total losses (what the calibration weighs) and their parts for logging."""
@@ -122,9 +134,10 @@ class FullerModel(nn.Module):
             out["map_probs"] = head.probabilities(head(z))
         return out
 
-    def forward(self, inputs: ModelInputs) -> dict[str, torch.Tensor]:
-        """Inference: boxes (B, K, 9), scores (B, K), labels (B, K), map_probs (B, C, Xm, Ym)."""
-        return self.predict(self.trunk(inputs))
+    def forward(self, inputs: ModelInputs, sparse_encoder: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """Inference: boxes (B, K, 9), scores (B, K), labels (B, K), map_probs (B, C, Xm, Ym). The one
+        stage order: evaluation, the exported graph and the PyTorch backend all run it."""
+        return self.predict(self.trunk(inputs, sparse_encoder))
 
 
 def build_model(cfg: FullerConfig) -> FullerModel:

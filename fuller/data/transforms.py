@@ -2,14 +2,13 @@
 geometry stays exact: images with `img_aug`, points and boxes with `lidar_aug`."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from fuller.preprocess import image_aug_matrix, resize_crop_matrix, warp_image
 
-if TYPE_CHECKING:
-    from .nuscenes_dataset import Sample
+from .sample import Sample
 
 
 class ResizeCrop:
@@ -22,7 +21,7 @@ class ResizeCrop:
     def matrix(self, height: int, width: int) -> np.ndarray:
         return resize_crop_matrix(height, width, (self.height, self.width))
 
-    def __call__(self, sample: "Sample") -> "Sample":
+    def __call__(self, sample: Sample) -> Sample:
         m = self.matrix(*sample.images.shape[1:3])
         sample.images = np.stack([warp_image(im, m, (self.height, self.width)) for im in sample.images])
         sample.img_aug = image_aug_matrix(m) @ sample.img_aug

@@ -1,6 +1,8 @@
 """Evaluation: the official nuScenes detection score, BEV map IoU, metrics.json and pictures.
 
-`evaluate` is the one call training makes after predicting a split: it converts the boxes to the
+Torch-free, so training (`fuller eval`, the ablation) and the runtime's offline tools (`fuller
+infer`, `fuller parity`) score with the same code: `evaluate_split` is the one call both make after
+predicting a split. `evaluate` underneath converts the boxes to the
 devkit's results format, runs the devkit, accumulates the map IoU against the dataset's own map
 masks, writes everything under `out_dir` and returns what it wrote to metrics.json.
 
@@ -28,10 +30,10 @@ if TYPE_CHECKING:
     from nuscenes import NuScenes
 
     from fuller.config import FullerConfig
-    from fuller.train.data import NuScenesDataset
+    from fuller.data import NuScenesDataset
 
 __all__ = ["BEVFUSION_THRESHOLDS", "EvaluationError", "MapIoU", "Prediction", "attribute_names", "check_prediction",
-           "draw_prediction", "evaluate", "format_table", "metrics_record", "modality_meta", "run_detection_eval",
+           "draw_prediction", "evaluate", "evaluate_split", "format_table", "metrics_record", "modality_meta", "run_detection_eval",
            "split_sample_tokens", "to_devkit_boxes", "write_metrics", "write_results_json"]
 
 RESULTS_FILE = "results_nusc.json"
@@ -100,3 +102,11 @@ def evaluate(nusc: "NuScenes", dataset: "NuScenesDataset", predictions: Mapping[
     extra = {"eval_set": eval_set, "config": cfg.name, "num_samples": len(tokens), "modality": meta}
     write_metrics(out_dir, detection, map_metrics, extra)
     return metrics_record(detection, map_metrics, extra)
+
+
+def evaluate_split(dataset: "NuScenesDataset", predictions: Mapping[str, Prediction], cfg: "FullerConfig",
+                   out_dir: str | Path, pictures: int = 4) -> dict:
+    """`evaluate` on the dataset's whole split, with ``pictures`` BEV pictures spread evenly over it."""
+    step = max(1, len(dataset.samples) // max(pictures, 1))
+    tokens = dataset.samples[::step][:pictures] if pictures > 0 else []
+    return evaluate(dataset.nusc, dataset, predictions, cfg, out_dir, eval_set=dataset.split, picture_tokens=tokens)

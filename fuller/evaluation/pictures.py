@@ -20,7 +20,7 @@ from fuller.viz import draw_bev, save_figure  # noqa: E402
 from .results import EvaluationError, Prediction, check_prediction  # noqa: E402
 
 if TYPE_CHECKING:
-    from fuller.train.data import Sample
+    from fuller.data import Sample
 
 MAP_THRESHOLD = 0.5
 MAX_POINTS_DRAWN = 40000

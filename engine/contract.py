@@ -1,7 +1,7 @@
 """The exported graph's interface: input/output names, dtypes and metadata keys.
 
-Torch-free, so the runtime (`fuller.engine`) reads the same names the exporter writes; this is the
-one place they are spelled. Shapes (batch 1, a fixed-capacity voxel list, dynamic pooling geometry):
+The runtime owns the artefact, so the names live here and the exporter (`fuller.export`) writes
+what this module spells; this is the one place they are spelled. Shapes (batch 1, a fixed-capacity voxel list, dynamic pooling geometry):
 
 | input | dtype | shape |
 |---|---|---|

@@ -1,17 +1,15 @@
-"""A nuScenes root (real or synthetic) as training samples in the LiDAR frame.
+"""A nuScenes root (real or synthetic) as `Sample`s in the LiDAR frame, for training and offline inference.
 
 Everything geometric comes from the devkit (poses, calibration, multi-sweep aggregation, boxes in
 the sensor frame, map rasterisation) and from the config's geometry, so the same code serves
-v1.0-mini, v1.0-trainval and the synthetic world. Conventions (pinned project-wide, see
-fuller/config.py): LiDAR frame x right, y forward, z up; boxes are (x, y, z_centre, w, l, h, yaw,
-vx, vy) with l along the heading and yaw from the x axis; map masks are (C, X, Y).
+v1.0-mini, v1.0-trainval and the synthetic world. No torch: the runtime's offline tools read
+splits with it too; torch's DataLoader takes it as a map-style dataset (`__len__`, `__getitem__`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from nuscenes import NuScenes
@@ -22,11 +20,11 @@ from nuscenes.utils.geometry_utils import transform_matrix
 from nuscenes.utils.splits import create_splits_scenes
 from PIL import Image
 from pyquaternion import Quaternion
-from torch.utils.data import Dataset
 
 from fuller.config import FullerConfig
 from fuller.errors import UserInputError
 
+from .sample import Sample, Transform
 from .transforms import ResizeCrop
 
 # Map classes that are unions of map-expansion layers; every other class is the layer of its name.
@@ -54,38 +52,9 @@ def open_nuscenes(dataroot: str | Path, version: str) -> NuScenes:
     return NuScenes(version=version, dataroot=str(root), verbose=False)
 
 
-@dataclass
-class Sample:
-    """One keyframe, ready for the network. Matrices are float64 4x4 unless noted."""
-
-    token: str
-    location: str
-    timestamp: int
-    images: np.ndarray  # (N, H, W, 3) uint8, network input size after `img_aug`
-    intrinsics: np.ndarray  # (N, 3, 3) of the original images
-    camera2lidar: np.ndarray  # (N, 4, 4)
-    img_aug: np.ndarray  # (N, 4, 4): original (u, v, depth, 1) -> network-input (u, v, depth, 1), as BEVFusion
-    points: np.ndarray  # (P, 5) float32: x, y, z, intensity, dt (s, >= 0, 0 for the keyframe)
-    gt_boxes: np.ndarray  # (M, 9) float32: x, y, z, w, l, h, yaw, vx, vy
-    gt_labels: np.ndarray  # (M,) int64 index into config.geometry.classes
-    lidar2ego: np.ndarray
-    ego2global: np.ndarray
-    lidar_aug: np.ndarray = field(default_factory=lambda: np.eye(4))  # original LiDAR frame -> augmented
-    map_masks: np.ndarray | None = None  # (C, X, Y) bool, filled after the transforms
-
-    @property
-    def lidar2image(self) -> np.ndarray:
-        """(N, 4, 4) augmented LiDAR frame -> original-image (u z, v z, z, 1); divide by z, then
-        apply `img_aug` (see fuller.geometry.project) for network-input pixels."""
-        k = np.tile(np.eye(4), (len(self.intrinsics), 1, 1))
-        k[:, :3, :3] = self.intrinsics
-        return k @ np.linalg.inv(self.camera2lidar) @ np.linalg.inv(self.lidar_aug)
 
 
-Transform = Callable[[Sample], Sample]
-
-
-class NuScenesDataset(Dataset):
+class NuScenesDataset:
     """Keyframes of a split, each as a `Sample`.
 
     `transforms` run in order on each sample (augmentations go here: they update the images with
@@ -97,6 +66,7 @@ class NuScenesDataset(Dataset):
                  transforms: Sequence[Transform] | None = None, min_points: int = 1,
                  nusc: NuScenes | None = None) -> None:
         self.config = config
+        self.split = split
         self.geometry = config.geometry
         self.nusc = nusc or open_nuscenes(dataroot, config.data.version)
         scenes = create_splits_scenes().get(split)

@@ -18,7 +18,7 @@ from pyquaternion import Quaternion
 from fuller.errors import UserInputError
 
 if TYPE_CHECKING:
-    from fuller.train.data import Sample
+    from fuller.data import Sample
 
 # The devkit's cap on boxes per sample (DetectionConfig.max_boxes_per_sample for the official config).
 MAX_BOXES_PER_SAMPLE = 500
@@ -46,6 +46,17 @@ class Prediction:
     scores: np.ndarray  # (K,)
     labels: np.ndarray  # (K,) int, index into cfg.geometry.classes
     map_probs: np.ndarray | None = None  # (C, Xm, Ym) probabilities on cfg.geometry.map_grid, or None
+
+    @classmethod
+    def from_outputs(cls, outputs: Mapping[str, np.ndarray], index: int = 0) -> "Prediction":
+        """Sample ``index`` of a batch of network outputs as NumPy (``boxes``, ``scores``, ``labels``,
+        ``map_probs``: the model's and the exported graph's names); no boxes without a detection head."""
+        if "boxes" in outputs:
+            boxes, scores = outputs["boxes"][index], outputs["scores"][index]
+            labels = np.asarray(outputs["labels"][index]).astype(np.int64)
+        else:
+            boxes, scores, labels = np.zeros((0, 9), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        return cls(boxes, scores, labels, outputs["map_probs"][index] if "map_probs" in outputs else None)
 
 
 def check_prediction(pred: Prediction, num_classes: int, name: str = "pred") -> None:
