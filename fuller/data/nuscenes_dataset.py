@@ -24,8 +24,11 @@ from pyquaternion import Quaternion
 from fuller.config import FullerConfig
 from fuller.errors import UserInputError
 
+from . import devkit_compat
 from .sample import Sample, Transform
 from .transforms import ResizeCrop
+
+devkit_compat.install()
 
 # Map classes that are unions of map-expansion layers; every other class is the layer of its name.
 MAP_LAYERS = {"divider": ("road_divider", "lane_divider")}
