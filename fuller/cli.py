@@ -29,10 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: BaseException) -> str:
+    """The error's message on one line. An error raised in a DataLoader worker comes back with the
+    worker's traceback in its message ("Caught DatasetError in DataLoader worker process 0. Original
+    Traceback ..."); its last line is the original ``Type: message``."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, UserInputError, FileNotFoundError, FileExistsError) as exc:
-        print(f"fuller: error: {exc}", file=sys.stderr)
+        print(f"fuller: error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -121,6 +121,27 @@ def test_half_precision_accumulates_in_float32(dtype):
     np.testing.assert_allclose(out.double().numpy(), want, rtol=1e-2, atol=1e-2 * np.abs(want).max())
 
 
+def test_float32_depth_with_bfloat16_context_as_cuda_autocast_makes_them(path):
+    """Under CUDA autocast the depth softmax is float32 and the context bfloat16: the op pools them in
+    float32, returns float32, and gives each input a gradient of its own dtype."""
+    depth, feat, ranks, bev = random_case(11, points=2000)
+    d = torch.tensor(depth, dtype=torch.float32, requires_grad=True)
+    f = torch.tensor(feat, dtype=torch.bfloat16, requires_grad=True)
+    out = torch.ops.fuller.bev_pool(d, f, *as_torch(ranks), bev)
+    assert out.dtype == torch.float32
+    want = bev_pool_reference(d.detach().double().numpy(), f.detach().double().numpy(), *ranks, bev)
+    np.testing.assert_allclose(out.detach().double().numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    grad = np.random.default_rng(0).standard_normal(out.shape)
+    out.backward(torch.tensor(grad, dtype=torch.float32))
+    assert (d.grad.dtype, f.grad.dtype) == (torch.float32, torch.bfloat16)
+    want_d, want_f = bev_pool_backward_reference(grad, d.detach().double().numpy(), f.detach().double().numpy(),
+                                                 *ranks)
+    np.testing.assert_allclose(d.grad.double().numpy(), want_d, rtol=1e-4, atol=1e-4 * np.abs(want_d).max())
+    np.testing.assert_allclose(f.grad.double().numpy(), want_f, rtol=1e-2, atol=1e-2 * np.abs(want_f).max())
+    meta = torch.ops.fuller.bev_pool(d.to("meta"), f.to("meta"), *(r.to("meta") for r in as_torch(ranks)), bev)
+    assert meta.dtype == torch.float32
+
+
 def test_non_contiguous_feat():
     """Channels-last feat is usually a permuted view of a conv output (BN, C, h, w)."""
     depth, feat, ranks, bev = random_case(6)
@@ -173,8 +194,6 @@ def test_wrong_dtypes_raise():
     r = as_torch(ranks)
     with pytest.raises(TypeError, match="ranks_bev: expected dtype torch.int32 or torch.int64, got torch.int16"):
         torch.ops.fuller.bev_pool(torch.tensor(depth), torch.tensor(feat), r[0], r[1], r[2].short(), *r[3:], bev)
-    with pytest.raises(TypeError, match="feat: expected dtype torch.float32"):
-        torch.ops.fuller.bev_pool(torch.tensor(depth).float(), torch.tensor(feat), *r, bev)
     with pytest.raises(TypeError, match="depth: expected a floating dtype"):
         torch.ops.fuller.bev_pool(torch.tensor(depth).int(), torch.tensor(feat), *r, bev)
 

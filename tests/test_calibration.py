@@ -21,6 +21,8 @@ from fuller.train.calibration import (
     aligned_coefficients,
     build_inter,
     cagrad_coefficients,
+    combine,
+    gram_of,
     imtl_coefficients,
     mgda_coefficients,
     parameter_pcgrad_backward,
@@ -359,6 +361,21 @@ def test_imtl_path_matches_reference_and_runs_trunk_once():
     assert diag["grad_norm/det"] == pytest.approx(float(n1), rel=1e-12)
     assert diag["cos/det-map"] == pytest.approx(float((g1 * g2).sum() / (n1 * n2)), rel=1e-10)
     assert diag["grad_norm/combined"] == pytest.approx(float((alpha[0] * g1 + alpha[1] * g2).norm()), rel=1e-10)
+
+
+def test_calibration_arithmetic_stays_float32_under_autocast():
+    """The trainer calls the calibrator inside its bfloat16 autocast region, where a matrix product
+    of float32 task gradients would run in bfloat16 (relative errors ~1e-2) unless autocast is off."""
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(2, 50_000, generator=g)  # float32: task gradients at z of a float32 trunk
+    rows[1] += 0.5 * rows[0]
+    coef = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gram, combined = gram_of(rows), combine(coef, rows)
+    assert gram.dtype == torch.float64 and combined.dtype == torch.float32
+    exact = rows.double()
+    assert torch.allclose(gram, exact @ exact.T, rtol=1e-5)
+    assert torch.allclose(combined.double(), coef @ exact, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("target", ["mean", "max", "min", "camera", "lidar"])

@@ -7,7 +7,6 @@ doing the calibrated backward on the whole batch. The same holds for parameter-l
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -47,10 +46,10 @@ def run(lo: int, hi: int) -> dict:
     return out
 
 
-def worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="localhost", MASTER_PORT=str(port))
+def worker(rank: int, world: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file store in the test's own folder: no TCP port to race other processes for.
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=world)
     try:
         half = BATCH // world
         torch.save(run(rank * half, (rank + 1) * half), os.path.join(out_dir, f"rank{rank}.pt"))
@@ -58,15 +57,9 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_ranks_equal_one_process(tmp_path):
-    mp.spawn(worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     whole = run(0, BATCH)
 

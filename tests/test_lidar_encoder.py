@@ -239,6 +239,29 @@ def test_backward_on_cpu():
     assert bool(torch.isfinite(features.grad).all()) and bool(features.grad.abs().sum() > 0)
 
 
+def test_encoder_runs_in_float32_with_autocast_off_inside_an_autocast_region():
+    """The mixed-precision policy: under CUDA autocast spconv would cast to float16 (its functions are
+    ``custom_fwd(cast_inputs=torch.float16)``). Inside the trainer's autocast region (here CPU
+    bfloat16, the same mechanism) every sparse layer sees autocast off and float32 features, and the
+    output is the float32 one exactly."""
+    torch.manual_seed(7)
+    encoder = SparseEncoder(small_config()).eval()
+    features, coords = random_voxels((32, 24, 16), 2, 150, seed=8)
+    seen = []
+    for module in encoder.modules():
+        if isinstance(module, spconv.conv.SparseConvolution):
+            module.register_forward_pre_hook(
+                lambda m, args: seen.append((torch.is_autocast_enabled("cpu"), args[0].features.dtype)))
+    with torch.no_grad():
+        want = encoder(features, coords, 2)
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = encoder(features.bfloat16(), coords, 2)
+    assert seen and set(seen) == {(False, torch.float32)}
+    assert got.dtype == torch.float32 and torch.equal(got, encoder(features.bfloat16().float(), coords, 2))
+    assert torch.allclose(got, want, rtol=1e-2, atol=1e-2)
+
+
 def test_empty_batch_gives_zeros_and_zero_gradients():
     encoder = SparseEncoder(small_config()).train()
     out = encoder(torch.zeros(0, 5), torch.zeros(0, 4, dtype=torch.int32), 3)

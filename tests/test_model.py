@@ -102,3 +102,21 @@ def test_camera_branch_feels_the_image(small_cfg, small_samples):
     front = changed[:, ny // 2 + 4:].sum()  # CAM_FRONT looks along +y
     back = changed[:, : ny // 2 - 4].sum()
     assert front > 0 and front > 20 * back
+
+
+def test_camera_branch_runs_with_cuda_autocast_dtypes(small_cfg, small_samples, monkeypatch):
+    """CUDA autocast runs the depth softmax in float32 and the convolutions in bfloat16 (CPU autocast
+    keeps softmax in bfloat16, so a CPU run never sees it). That policy, on CPU: softmax in float32
+    under a bfloat16 autocast. The branch must run and agree with float32 to bfloat16 precision."""
+    cfg = updated_config(small_cfg, {"model.modalities": ["camera"]})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    inputs = Collator(cfg)(small_samples[:1]).inputs
+    with torch.no_grad():
+        want = model.camera(inputs.images, inputs.pool)
+        softmax = torch.Tensor.softmax
+        monkeypatch.setattr(torch.Tensor, "softmax", lambda self, *a, **k: softmax(self.float(), *a, **k))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model.camera(inputs.images, inputs.pool)
+    assert got.dtype == torch.bfloat16
+    assert torch.linalg.vector_norm(got.float() - want) <= 0.05 * torch.linalg.vector_norm(want)

@@ -6,14 +6,13 @@ import copy
 import json
 import math
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from fuller.cli import main
-from fuller.config import updated_config
+from fuller.config import INTER_METHODS, updated_config
 from fuller.train.batching import Collator
 from fuller.train.checkpoint import CheckpointError, load_checkpoint
 from fuller.train.run_log import read_metrics
@@ -27,20 +26,24 @@ def params_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_is_bit_exact(small_cfg, small_samples, tmp_path):
-    cfg = updated_config(small_cfg, {"train.steps": 4, "train.checkpoint_every": 100})
+@pytest.mark.parametrize("inter", INTER_METHODS)
+def test_resume_is_bit_exact(small_cfg, small_samples, tmp_path, inter):
+    """For every inter method: the calibrators that keep state (uncertainty's log variances, PCGrad's
+    seeded orders) must resume it as exactly as the model and the optimiser."""
+    cfg = updated_config(small_cfg, {"train.steps": 2, "train.checkpoint_every": 100, "train.inter": inter,
+                                     "train.inter_weights": [1.0, 0.5] if inter == "static" else []})
     straight = train(cfg, None, tmp_path / "straight", dataset=small_samples, progress=False)
-    train(cfg, None, tmp_path / "split", dataset=small_samples, progress=False, stop_at=2)
-    assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")[1]["step"] == 2
+    train(cfg, None, tmp_path / "split", dataset=small_samples, progress=False, stop_at=1)
+    assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")[1]["step"] == 1
     split = train(cfg, None, tmp_path / "split", dataset=small_samples, progress=False, resume=True)
     a, b = load_checkpoint(straight)[1], load_checkpoint(split)[1]
-    assert a["step"] == b["step"] == 4
-    assert params_equal(a["model"], b["model"])
+    assert a["step"] == b["step"] == 2
+    assert params_equal(a["model"], b["model"]) and params_equal(a["calibrator"], b["calibrator"])
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
     for k in a["optimizer"]["state"]:
         assert torch.equal(a["optimizer"]["state"][k]["exp_avg"], b["optimizer"]["state"][k]["exp_avg"])
     losses = lambda run: [(r["step"], r["loss/det"], r["loss/map"]) for r in read_metrics(tmp_path / run)]
-    assert losses("straight") == losses("split") and len(losses("straight")) == 4
+    assert losses("straight") == losses("split") and len(losses("straight")) == 2
 
 
 def test_metrics_hold_calibration_diagnostics(small_cfg, small_samples, tmp_path):
@@ -79,7 +82,7 @@ def test_checkpoint_errors_name_the_file(small_cfg, small_samples, tmp_path):
     with pytest.raises(CheckpointError, match="bad.pt: not a readable checkpoint"):
         load_checkpoint(bad)
     torch.save({"weights": 1}, tmp_path / "foreign.pt")
-    with pytest.raises(CheckpointError, match="foreign.pt: expected a fuller-checkpoint-1 checkpoint"):
+    with pytest.raises(CheckpointError, match="foreign.pt: expected a fuller-checkpoint-2 checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
     cfg = updated_config(small_cfg, {"train.steps": 1})
     train(cfg, None, tmp_path / "run", dataset=small_samples, progress=False)
@@ -88,6 +91,56 @@ def test_checkpoint_errors_name_the_file(small_cfg, small_samples, tmp_path):
     with pytest.raises(Exception, match="no checkpoint.pt to resume from"):
         train(cfg, None, tmp_path / "empty", dataset=small_samples, progress=False, resume=True)
     assert not list((tmp_path / "run").glob(".checkpoint.pt.*.tmp"))
+
+
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_nothing_runs(tmp_path, capsys):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "shared.pt"
+    torch.save({"format": "fuller-checkpoint-2", "config": {}, "model": Payload()}, evil)
+    with pytest.raises(CheckpointError, match="shared.pt: refused: its pickle calls code.*system"):
+        load_checkpoint(evil)
+    assert main(["export", "--checkpoint", str(evil), "--out", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "shared.pt: refused" in err[0]
+    assert not marker.exists() and not (tmp_path / "x.onnx").exists()
+
+
+def test_checkpoint_with_missing_parts_names_them(tmp_path, small_cfg):
+    from fuller.config import config_to_dict
+
+    torch.save({"format": "fuller-checkpoint-2", "step": 3}, tmp_path / "nocfg.pt")
+    with pytest.raises(CheckpointError, match="nocfg.pt: config: expected a dict, got nothing"):
+        load_checkpoint(tmp_path / "nocfg.pt")
+    bad_cfg = {**config_to_dict(small_cfg), "train": {"steps": "many"}}
+    torch.save({"format": "fuller-checkpoint-2", "step": 3, "config": bad_cfg, "model": {}, "rng": {}},
+               tmp_path / "badcfg.pt")
+    with pytest.raises(CheckpointError, match="badcfg.pt: config: train.steps"):
+        load_checkpoint(tmp_path / "badcfg.pt")
+
+
+def test_rng_states_survive_a_device_map_location(small_cfg, tmp_path):
+    """A CUDA resume loads with map_location=cuda, which moves every tensor of the file to the GPU;
+    torch.set_rng_state then refuses a GPU ByteTensor. Here 'meta' plays the GPU: the RNG states must
+    come back exactly whatever device the tensors were mapped to."""
+    import random
+
+    import numpy as np
+
+    from fuller.train.checkpoint import restore_rng_states, save_checkpoint
+
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    path = save_checkpoint(tmp_path / "c.pt", small_cfg, 0, model={"w": torch.ones(2)})
+    want = (torch.rand(3), np.random.rand(3), random.random())
+    _, payload = load_checkpoint(path, map_location="meta")
+    assert payload["model"]["w"].device.type == "meta"
+    restore_rng_states(payload["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], want[0]) and np.array_equal(got[1], want[1]) and got[2] == want[2]
 
 
 def test_sample_schedule_is_a_function_of_the_step():
@@ -107,15 +160,10 @@ def test_warmup_cosine_schedule():
     assert math.isclose(f(14), 0.1) and math.isclose(f(100), 0.1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, port: int, cfg, samples, out) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+def _ddp_worker(rank: int, store: str, cfg, samples, out) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2")
+    # A file store in the test's own folder: no TCP port to race other processes for.
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     torch.set_num_threads(1)
     trainer = Trainer.create(cfg, torch.device("cpu"))
     record = trainer.backward(Collator(cfg)([samples[rank]]))
@@ -127,13 +175,13 @@ def _ddp_worker(rank: int, port: int, cfg, samples, out) -> None:
 
 
 @pytest.mark.slow
-def test_data_parallel_equals_one_process_on_the_whole_batch(small_cfg, small_samples):
+def test_data_parallel_equals_one_process_on_the_whole_batch(small_cfg, small_samples, tmp_path):
     # Batch-independent normalisation (BatchNorm statistics are per process).
     cfg = updated_config(small_cfg, {"model.norm": "gn", "train.batch_size": 1})
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, port, cfg, small_samples, queue)) for r in range(2)]
+    store = str(tmp_path / "store")
+    procs = [ctx.Process(target=_ddp_worker, args=(r, store, cfg, small_samples, queue)) for r in range(2)]
     for p in procs:
         p.start()
     results = dict((r, rest) for r, *rest in (queue.get(timeout=300) for _ in procs))
@@ -186,3 +234,26 @@ def test_cli_ablate_and_bench_run_end_to_end(synth_root, tmp_path, capsys):
                  "--set", *SMALL_NETWORK]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.endswith(tuple("0123456789"))]
     assert [r.split()[0] for r in rows[-3:]] == ["sum", "FULLER:", "parameter-level"]
+
+
+def test_each_torchrun_process_takes_its_local_gpu_before_nccl_starts(monkeypatch):
+    """Rank 3 of a 2-node x 2-GPU job is LOCAL_RANK 1 on its node: it must take cuda:1 (not
+    3 % device_count) and make it current before the NCCL group starts, which binds to it. No GPU
+    here, so the two CUDA/NCCL calls are recorded instead of made."""
+    import torch.distributed as dist
+
+    from fuller.train.parallel import init_from_env
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: bool(calls) and calls[-1][0] == "init")
+    monkeypatch.setattr(dist, "init_process_group",
+                        lambda backend, **kw: calls.append(("init", backend, kw.get("device_id"))))
+    monkeypatch.setattr(dist, "get_rank", lambda: 3)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    rank, world, device = init_from_env(torch.device("cuda"))
+    assert (rank, world, device) == (3, 4, torch.device("cuda", 1))
+    assert calls == [("set_device", torch.device("cuda", 1)), ("init", "nccl", torch.device("cuda", 1))]

@@ -21,13 +21,22 @@ from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 
-def init_from_env(device: torch.device) -> tuple[int, int]:
-    """(rank, world_size); initialises the process group when launched by torchrun."""
+def init_from_env(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world_size, this process's device); initialises the process group when launched by
+    torchrun. On CUDA each process takes GPU ``LOCAL_RANK`` (global ranks on a second node start past
+    its GPU count) and makes it current *before* the group starts: NCCL binds its communicator to the
+    current device, and every process would otherwise initialise on GPU 0."""
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
+        return 0, 1, device
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def is_distributed() -> bool:

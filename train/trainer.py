@@ -186,10 +186,7 @@ def train(cfg: FullerConfig, data_root: str | Path, out: str | Path, *, resume: 
     """
     out = Path(out)
     device = device or default_device()
-    rank, world = init_from_env(device)
-    if device.type == "cuda":
-        device = torch.device("cuda", rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
+    rank, world, device = init_from_env(device)
     resume_from = _open_run(out, resume)
     payload = None
     if resume_from is not None:

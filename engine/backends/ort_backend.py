@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from fuller.config import FullerConfig, config_from_dict
+from fuller.config import ConfigError, FullerConfig, config_from_dict
 from fuller.errors import UserInputError
 from fuller.plugins import ort_session_options
 
@@ -21,7 +21,10 @@ def read_config(model: onnx.ModelProto, path: Path) -> FullerConfig:
     meta = {p.key: p.value for p in model.metadata_props}
     if contract.META_CONFIG not in meta:
         raise UserInputError(f"{path}: no {contract.META_CONFIG!r} in the ONNX metadata; export it with fuller export")
-    return config_from_dict(yaml.safe_load(meta[contract.META_CONFIG]))
+    try:
+        return config_from_dict(yaml.safe_load(meta[contract.META_CONFIG]))
+    except (yaml.YAMLError, ConfigError) as exc:
+        raise UserInputError(f"{path}: metadata {contract.META_CONFIG!r}: {' '.join(str(exc).split())}") from None
 
 
 class OnnxRuntimeBackend:
@@ -29,9 +32,17 @@ class OnnxRuntimeBackend:
 
     def __init__(self, path: Path, providers: list[str] | None = None) -> None:
         self.path = Path(path)
-        self.config = read_config(onnx.load(str(self.path), load_external_data=False), self.path)
-        self.session = onnxruntime.InferenceSession(str(self.path), ort_session_options(),
-                                                    providers=providers or ["CPUExecutionProvider"])
+        try:
+            model = onnx.load(str(self.path), load_external_data=False)
+        except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file, or a truncated one
+            raise UserInputError(f"{self.path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        self.config = read_config(model, self.path)
+        try:
+            self.session = onnxruntime.InferenceSession(str(self.path), ort_session_options(),
+                                                        providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's InvalidGraph, Fail, ... (pybind11 types, no common base)
+            raise UserInputError(f"{self.path}: ONNX Runtime cannot load this graph ({type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())})") from None
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -17,7 +17,8 @@ of two (P = 390 k points, C = 32) this was measured about nine times faster, for
 than materialising the outer product and scatter-adding it, and faster than scatter-adds of gathered
 rows. Other devices use those gathers, in bounded chunks, with ``index_add_``: generic ops whose
 handling of repeated coordinates does not depend on a sparse library (the GPU gets its own kernel).
-Half-precision inputs are computed in float32 and cast back.
+Half-precision inputs are computed in float32; the output has the wider of the two input dtypes
+(`out_dtype`), each gradient its input's.
 """
 from __future__ import annotations
 
@@ -42,8 +43,6 @@ def _check_tensors(depth: torch.Tensor, feat: torch.Tensor, ranks: tuple[torch.T
     for name, t in (("depth", depth), ("feat", feat)):
         if t.dtype not in _FLOAT_TYPES:
             raise TypeError(f"bev_pool: {name}: expected a floating dtype {_FLOAT_TYPES}, got {t.dtype}")
-    if feat.dtype != depth.dtype:
-        raise TypeError(f"bev_pool: feat: expected dtype {depth.dtype} (that of depth), got {feat.dtype}")
     for name, r in zip(RANK_NAMES, ranks):
         if r.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"bev_pool: {name}: expected dtype torch.int32 or torch.int64, got {r.dtype}")
@@ -80,14 +79,20 @@ def _check_values(depth_shape: torch.Size, ranks: tuple[torch.Tensor, ...], num_
             _fail("interval_lengths", "the lengths of the runs of equal ranks_bev", "values that differ")
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _compute_dtype(depth: torch.Tensor, feat: torch.Tensor) -> torch.dtype:
+    return torch.float64 if torch.float64 in (depth.dtype, feat.dtype) else torch.float32
+
+
+def out_dtype(depth: torch.Tensor, feat: torch.Tensor) -> torch.dtype:
+    """The pooled BEV's dtype: the wider of the two inputs'. They may differ: CUDA autocast runs the
+    depth softmax in float32 and leaves the context in bfloat16 (CPU autocast keeps both bfloat16)."""
+    return torch.promote_types(depth.dtype, feat.dtype)
 
 
 def _operands(depth: torch.Tensor, feat: torch.Tensor, ranks_depth: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """The depth value of every point (P,) and the feature rows (BN*h*w, C), in the compute dtype."""
-    dtype = _compute_dtype(depth.dtype)
+    dtype = _compute_dtype(depth, feat)
     values = depth.reshape(-1)[ranks_depth].to(dtype)
     return values, feat.reshape(-1, feat.shape[-1]).to(dtype)
 
@@ -160,6 +165,12 @@ def _backward_rows(grad_rows, values, feat_rows, ranks_feat, ranks_bev, starts, 
     return point_grad, grad_feat
 
 
+def _exact(device: torch.device):
+    """Autocast off inside the op: it computes in the dtype it chose (an enclosing autocast would
+    turn its float32 sparse products back into bfloat16, which MKL's CSR kernels do not take)."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def _use_sparse(device: torch.device) -> bool:
     return device.type == "cpu"
 
@@ -173,17 +184,18 @@ def bev_pool(depth: torch.Tensor, feat: torch.Tensor, ranks_depth: torch.Tensor,
     ranks = (ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths)
     b, c, x, y = _check_tensors(depth, feat, ranks, bev_shape)
     _check_values(depth.shape, ranks, b * x * y)
-    values, feat_rows = _operands(depth, feat, ranks_depth)
-    rows = _forward_rows(values, feat_rows, ranks_feat, ranks_bev, interval_starts, interval_lengths, b * x * y,
-                         _use_sparse(depth.device))
-    return rows.view(b, x, y, c).permute(0, 3, 1, 2).to(feat.dtype, memory_format=torch.contiguous_format)
+    with _exact(depth.device):
+        values, feat_rows = _operands(depth, feat, ranks_depth)
+        rows = _forward_rows(values, feat_rows, ranks_feat, ranks_bev, interval_starts, interval_lengths,
+                             b * x * y, _use_sparse(depth.device))
+    return rows.view(b, x, y, c).permute(0, 3, 1, 2).to(out_dtype(depth, feat), memory_format=torch.contiguous_format)
 
 
 @bev_pool.register_fake
 def _bev_pool_fake(depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths, bev_shape):
     ranks = (ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths)
     b, c, x, y = _check_tensors(depth, feat, ranks, bev_shape)
-    return feat.new_empty((b, c, x, y))
+    return feat.new_empty((b, c, x, y), dtype=out_dtype(depth, feat))
 
 
 @torch.library.custom_op("fuller::bev_pool_backward", mutates_args=())
@@ -194,12 +206,13 @@ def bev_pool_backward(grad_out: torch.Tensor, depth: torch.Tensor, feat: torch.T
     """(grad_depth, grad_feat) of :func:`bev_pool` for the upstream gradient grad_out (B, C, X, Y).
     The indices were validated by the forward call that saved them."""
     c = feat.shape[-1]
-    values, feat_rows = _operands(depth, feat, ranks_depth)
-    grad_rows = grad_out.permute(0, 2, 3, 1).reshape(-1, c).to(values.dtype)
-    point_grad, grad_feat = _backward_rows(grad_rows, values, feat_rows, ranks_feat, ranks_bev, interval_starts,
-                                           interval_lengths, _use_sparse(depth.device))
-    grad_depth = torch.zeros(depth.numel(), dtype=values.dtype, device=depth.device)
-    grad_depth.index_add_(0, ranks_depth, point_grad)
+    with _exact(depth.device):
+        values, feat_rows = _operands(depth, feat, ranks_depth)
+        grad_rows = grad_out.permute(0, 2, 3, 1).reshape(-1, c).to(values.dtype)
+        point_grad, grad_feat = _backward_rows(grad_rows, values, feat_rows, ranks_feat, ranks_bev,
+                                               interval_starts, interval_lengths, _use_sparse(depth.device))
+        grad_depth = torch.zeros(depth.numel(), dtype=values.dtype, device=depth.device)
+        grad_depth.index_add_(0, ranks_depth, point_grad)
     return grad_depth.view(depth.shape).to(depth.dtype), grad_feat.view(feat.shape).to(feat.dtype)
 
 

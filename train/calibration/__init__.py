@@ -7,7 +7,7 @@
 * the expensive comparison, parameter-level PCGrad: :func:`parameter_pcgrad_backward`;
 * the collectives both need under data-parallel training live in :mod:`fuller.train.parallel`.
 """
-from .calibrator import GradientCalibrator, gram_diagnostics
+from .calibrator import GradientCalibrator, combine, gram_diagnostics, gram_of
 from ..parallel import all_reduce_sum, is_distributed, world_size
 from .inter import (
     IMTL,
@@ -33,6 +33,7 @@ from .param_pcgrad import parameter_pcgrad_backward
 __all__ = [
     "IMTL", "MGDA", "AlignedMTL", "CAGrad", "GradientCalibrator", "InterMethod", "ModalityGradientBalance",
     "PCGrad", "Static", "Sum", "Uncertainty", "aligned_coefficients", "all_reduce_sum",
-    "build_inter", "cagrad_coefficients", "gram_diagnostics", "imtl_coefficients", "is_distributed",
+    "build_inter", "cagrad_coefficients", "combine", "gram_diagnostics", "gram_of", "imtl_coefficients",
+    "is_distributed",
     "mgda_coefficients", "parameter_pcgrad_backward", "pcgrad_coefficients", "pcgrad_orders", "world_size",
 ]

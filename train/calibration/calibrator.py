@@ -34,11 +34,24 @@ def accumulate_grad(p: nn.Parameter, g: Tensor) -> None:
         p.grad.add_(g)
 
 
+def _accumulation_dtype(rows: Tensor) -> torch.dtype:
+    return torch.float64 if rows.dtype == torch.float64 else torch.float32
+
+
 def gram_of(rows: Tensor) -> Tensor:
-    """Gram matrix of the rows of ``rows`` (T, N) in float64; accumulated in float32 for lower precisions."""
-    acc = torch.float64 if rows.dtype == torch.float64 else torch.float32
-    r = rows.to(acc)
-    return (r @ r.T).to(torch.float64)
+    """Gram matrix of the rows of ``rows`` (T, N) in float64; accumulated in float32 for lower
+    precisions. Autocast is off here: the trainer calls the calibrator inside its bfloat16 region,
+    which would run this product in bfloat16 (relative errors ~1e-2 in cosines and weights)."""
+    with torch.autocast(rows.device.type, enabled=False):
+        r = rows.to(_accumulation_dtype(rows))
+        return (r @ r.T).to(torch.float64)
+
+
+def combine(coef: Tensor, rows: Tensor) -> Tensor:
+    """``sum_t coef[t] * rows[t]``, accumulated like `gram_of` (float32 at least, autocast off)."""
+    with torch.autocast(rows.device.type, enabled=False):
+        acc = _accumulation_dtype(rows)
+        return coef.to(device=rows.device, dtype=acc) @ rows.to(acc)
 
 
 def gram_diagnostics(tasks: Sequence[str], gram: Tensor, coef: Tensor, losses: Tensor) -> dict[str, float]:
@@ -167,9 +180,7 @@ class GradientCalibrator(nn.Module):
             for p, g in pairs:
                 accumulate_grad(p, g if scale == 1.0 else g * scale)
 
-        acc = torch.float64 if stacked.dtype == torch.float64 else torch.float32
-        combined = coef.to(device=stacked.device, dtype=acc) @ stacked.to(acc)
-        z.backward(combined.to(z.dtype).view_as(z))
+        z.backward(combine(coef, stacked).to(z.dtype).view_as(z))
 
         out = gram_diagnostics(self.tasks, gram, coef, whole_losses)
         if self.log_vars is not None:

@@ -115,7 +115,12 @@ class SparseEncoder(nn.Module):
         return window[0], window[1]
 
     def forward(self, features: torch.Tensor, coords: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """features (V, 5) float, coords (V, 4) int32 rows (batch, ix, iy, iz) -> (B, C, nx, ny)."""
+        """features (V, 5) float, coords (V, 4) int32 rows (batch, ix, iy, iz) -> (B, C, nx, ny) float32.
+
+        Mixed precision: the encoder runs in float32 with autocast off. spconv's functions are
+        ``custom_fwd(cast_inputs=torch.float16)``, so under any CUDA autocast (bfloat16 included) they
+        would run in float16, whose gradients underflow without a loss scaler, and the trainer's
+        bfloat16 autocast has none. The BEV it returns is cast by autocast at the fuser's conv."""
         self._check_inputs(features, coords, batch_size)
         nx, ny = (w.stop - w.start for w in self.bev_window)
         if len(coords) == 0:
@@ -124,11 +129,12 @@ class SparseEncoder(nn.Module):
             # ranks still all-reduce a (zero) gradient for each of them.
             anchor = sum(p.sum() for p in self.parameters()) * 0.0
             return features.new_zeros(batch_size, self.out_channels, nx, ny) + anchor
-        x = spconv.SparseConvTensor(features, coords, list(self.sparse_shape), batch_size)
-        x = self.conv_input(x)
-        for stage in self.stages:
-            x = stage(x)
-        return self._to_bev(self.conv_out(x), batch_size)
+        with torch.autocast(features.device.type, enabled=False):
+            x = spconv.SparseConvTensor(features.float(), coords, list(self.sparse_shape), batch_size)
+            x = self.conv_input(x)
+            for stage in self.stages:
+                x = stage(x)
+            return self._to_bev(self.conv_out(x), batch_size)
 
     def _to_bev(self, x: spconv.SparseConvTensor, batch_size: int) -> torch.Tensor:
         """Scatter the output voxels straight into (B, C, nz_out, nx, ny) and fold z into channels
