@@ -266,8 +266,15 @@ def _damaged_bag(source, out):
 
     messages = list(read_bag(source))
     cloud_stamps = sorted({m.log_time_ns for m in messages if m.topic == "/lidar_top/points"})
-    image_stamps = sorted({m.log_time_ns for m in messages if m.topic == "/cam_back/image/compressed"})
-    k1, k2, k3 = image_stamps[:3]
+
+    def keyframes(topic: str) -> list[int]:
+        return sorted({m.log_time_ns for m in messages if m.topic == topic})[:3]
+
+    # Cameras fire tens of ms before their keyframe's cloud: a keyframe's cloud is the first one after
+    # its CAM_BACK image; CAM_FRONT's CameraInfo has CAM_FRONT's own stamps.
+    k1, k2, k3 = (min(s for s in cloud_stamps if s >= t) for t in keyframes("/cam_back/image/compressed"))
+    k2_back = keyframes("/cam_back/image/compressed")[1]
+    k3_front = keyframes("/cam_front/camera_info")[2]
     sweep3 = max(s for s in cloud_stamps if s < k3)
     with BagWriter(out) as bag:
         for m in messages:
@@ -281,9 +288,9 @@ def _damaged_bag(source, out):
                 else:
                     msg.data, msg.width, msg.row_step = np.zeros(0, np.uint8), 0, 0
                 data = msg
-            elif m.topic == "/cam_back/image/compressed" and m.log_time_ns == k2:
+            elif m.topic == "/cam_back/image/compressed" and m.log_time_ns == k2_back:
                 continue
-            elif m.topic == "/cam_front/camera_info" and m.log_time_ns == k3:
+            elif m.topic == "/cam_front/camera_info" and m.log_time_ns == k3_front:
                 data = b"\x00\x01garbage"
             bag.write(m.topic, m.typename, data, m.log_time_ns)
     return k1, k2, k3

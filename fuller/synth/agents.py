@@ -1,9 +1,10 @@
 """Other road users: the 10 nuScenes detection classes with plausible sizes, places and motion.
 
 Vehicles follow lanes through the road graph, pedestrians walk sidewalks and crossings, cars and
-trailers park in car parks, cones and barriers line work zones at the kerb. No two agents (the ego
-included) ever overlap: each candidate is checked against all accepted ones on a 0.25 s grid over
-the whole scene and redrawn if it would.
+trailers park in car parks, cones and barriers line work zones at the kerb. Places are chosen in the
+town's plan and bent into the world (`Town.place`, paths through `Town.warp`). No two agents (the
+ego included) ever overlap in the world: each candidate is checked against all accepted ones on a
+0.25 s grid over the whole scene and redrawn if it would.
 """
 from __future__ import annotations
 
@@ -100,12 +101,14 @@ def _size(rng: np.random.Generator, category: str) -> tuple[float, float, float]
 
 
 def populate(town: Town, graph: RoadGraph, ego: Trajectory, duration: float,
-             rng: np.random.Generator, density: float = 1.0) -> list[Agent]:
-    """Spawn the scene's agents around the ego's route; `density` scales all counts."""
-    times = np.arange(0.0, duration + 1e-9, 0.25)
+             rng: np.random.Generator, density: float = 1.0, lead_in: float = 0.0) -> list[Agent]:
+    """Spawn the scene's agents around the ego's route; `density` scales all counts. Vehicles are
+    under way `lead_in` seconds before t = 0 (the first sweeps and camera images come earlier than
+    the first keyframe), and nothing overlaps from then on."""
+    times = np.arange(-lead_in, duration + 1e-9, 0.25)
     pop = Population(times, ego)
     ex, ey, _ = ego.pose(times)
-    route = np.stack([ex, ey], -1)
+    route = town.unwarp(np.stack([ex, ey], -1))  # in the plan, where places are chosen
 
     def near_route(radius: float) -> np.ndarray:
         return route[int(rng.integers(len(route)))] + rng.uniform(-radius, radius, 2)
@@ -127,9 +130,10 @@ def populate(town: Town, graph: RoadGraph, ego: Trajectory, duration: float,
             lane = road.lanes_per_direction - 1 if outer else int(rng.integers(road.lanes_per_direction))
             stopped = parked or rng.random() < 0.15
             v = 0.0 if stopped else float(rng.uniform(*speed))
-            traj = graph.random_route(rng, start, heading, lane, v * duration + 5.0,
+            traj = graph.random_route(rng, start, heading, lane, v * (duration + lead_in) + 5.0,
                                       float(rng.uniform(0.85, 0.97) if stopped else rng.uniform(0.0, 0.9)))
             traj.speed, traj.wobble, traj.omega = v, 0.1 * v / 0.4, 0.4
+            traj.s0 = v * lead_in
             return Agent(category, _size(rng, category), traj, parked=parked, shade=float(rng.uniform(0.6, 1.2)))
         return make
 
@@ -217,13 +221,13 @@ def _work_zones(town: Town, pop: Population, rng, near_route, barriers: list[boo
             x, y = (s, road.coord + offset) if road.axis == 0 else (road.coord + offset, s)
             # A barrier's long side is its width: its heading is across the road.
             yaw = road_yaw + (np.pi / 2 if use_barriers else float(rng.uniform(-np.pi, np.pi)))
-            pop.try_add(Agent(cat, _size(rng, cat), static(x, y, yaw)), clearance=0.05)
+            pop.try_add(Agent(cat, _size(rng, cat), static(*town.place(x, y, yaw))), clearance=0.05)
         if rng.random() < 0.5:
             c = "vehicle.construction"
             off = side * (road.half_width + WALKWAY_WIDTH + 4.0)
             s = along + n * spacing / 2
             x, y = (s, road.coord + off) if road.axis == 0 else (road.coord + off, s)
-            pop.try_add(Agent(c, _size(rng, c), static(x, y, road_yaw), parked=True, shade=0.9))
+            pop.try_add(Agent(c, _size(rng, c), static(*town.place(x, y, road_yaw)), parked=True, shade=0.9))
 
 
 def _car_parks(town: Town, pop: Population, rng, route: np.ndarray, density: float) -> None:
@@ -241,11 +245,13 @@ def _car_parks(town: Town, pop: Population, rng, route: np.ndarray, density: flo
                     size = _size(rng, cat)
                     size = (min(size[0], slot_w - 0.35), min(size[1], slot_l + 1.5), size[2])
                     yaw_i = yaw + (np.pi if rng.random() < 0.2 else 0.0) + rng.normal(0.0, 0.03)
-                    pop.try_add(Agent(cat, size, static(float(x), row_y, float(yaw_i)), parked=True,
-                                      shade=float(rng.uniform(0.6, 1.2))), clearance=0.1)
+                    place = town.place(float(x), row_y, float(yaw_i))
+                    pop.try_add(Agent(cat, size, static(*place), parked=True, shade=float(rng.uniform(0.6, 1.2))),
+                                clearance=0.1)
         for cat in ("vehicle.trailer", "vehicle.construction"):
             if rng.random() < 0.5 * density:
                 size = _size(rng, cat)
                 x = float(rng.uniform(x0 + size[1] / 2 + 1, max(x0 + size[1] / 2 + 1.5, x1 - size[1] / 2 - 1)))
-                pop.try_add(Agent(cat, size, static(x, 0.5 * (y0 + y1), 0.0), parked=True, shade=0.9))
+                place = town.place(x, 0.5 * (y0 + y1), 0.0)
+                pop.try_add(Agent(cat, size, static(*place), parked=True, shade=0.9))
 

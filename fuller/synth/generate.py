@@ -29,25 +29,45 @@ from .schema import ATTRIBUTES, CATEGORIES, LOCATIONS, VERSIONS, VISIBILITY, sce
 from .town import ASPHALT, CARPARK, WHITE_PAINT, YELLOW_PAINT, Town, generate_town
 
 SAMPLE_PERIOD = 0.5  # keyframes at 2 Hz, as in nuScenes
+# Traffic is under way this long before the first keyframe: its earlier sweeps and its camera images
+# (taken up to a LiDAR revolution before the LiDAR timestamp) see moving vehicles.
+LEAD_IN = SAMPLE_PERIOD
+# (sweeps_per_sample, image_scale) of each `rates` choice: the light default, and nuScenes' own
+# (20 Hz LiDAR, i.e. 9 sweeps between 2 Hz keyframes, and 1600 x 900 images).
+RATES = {"default": (2, 0.5), "nuscenes": (9, 1.0)}
 ANNOTATION_RANGE = 70.0
 START_TIMESTAMP_US = 1_532_402_927_647_951
 
 
 @dataclass(frozen=True)
 class SynthOptions:
-    """What `make-data` writes. The defaults make a set for CI and the demo (about 200 samples)."""
+    """What `make-data` writes. The defaults make a set for CI and the demo (about 200 samples).
+
+    `rates` picks the sweep count and image size left unset (None): "default" (2 sweeps, half
+    resolution) or "nuscenes" (9 sweeps, i.e. a 20 Hz LiDAR, and full 1600 x 900 images).
+    """
 
     scenes: int = 10
     samples_per_scene: int = 20
     seed: int = 0
-    sweeps_per_sample: int = 2  # non-key LiDAR sweeps between keyframes (sweep rate 2 Hz x (this + 1))
-    image_scale: float = 0.5  # of the native 1600 x 900
+    sweeps_per_sample: int | None = None  # non-key LiDAR sweeps between keyframes (sweep rate 2 Hz x (this + 1))
+    image_scale: float | None = None  # of the native 1600 x 900
     azimuth_step_deg: float = 0.5
     version: str = "v1.0-mini"
     density: float = 1.0
     jpeg_quality: int = 90
+    rates: str = "default"
+
+    def __post_init__(self) -> None:
+        sweeps, scale = RATES.get(self.rates, RATES["default"])  # an unknown name is reported by validate
+        if self.sweeps_per_sample is None:
+            object.__setattr__(self, "sweeps_per_sample", sweeps)
+        if self.image_scale is None:
+            object.__setattr__(self, "image_scale", scale)
 
     def validate(self) -> None:
+        if self.rates not in RATES:
+            raise ValueError(f"rates: expected one of {sorted(RATES)}, got {self.rates!r}")
         if self.version not in VERSIONS:
             raise ValueError(f"version: expected one of {VERSIONS}, got {self.version!r}")
         if self.version == "v1.0-mini" and not 1 <= self.scenes <= 10:
@@ -219,10 +239,11 @@ class SceneSimulator:
         self.duration = (self.opts.samples_per_scene - 1) * SAMPLE_PERIOD
         start, heading = graph.random_leg(rng, np.array([town.width, town.height]) / 2, 1e9)
         speed = float(rng.uniform(5.0, 10.0))
-        ego = graph.random_route(rng, start, heading, 0, speed * self.duration + 20.0, float(rng.uniform(0.0, 0.5)))
-        ego.speed, ego.wobble, ego.omega = speed, 0.15 * speed / 0.3, 0.3
+        ego = graph.random_route(rng, start, heading, 0, speed * (self.duration + LEAD_IN) + 20.0,
+                                 float(rng.uniform(0.0, 0.5)))
+        ego.speed, ego.wobble, ego.omega, ego.s0 = speed, 0.15 * speed / 0.3, 0.3, speed * LEAD_IN
         self.ego = ego
-        self.agents = populate(town, graph, ego, self.duration, rng, self.opts.density)
+        self.agents = populate(town, graph, ego, self.duration, rng, self.opts.density, LEAD_IN)
         self.colours = np.array([np.array(OBJECT_COLOURS[a.category]) * a.shade for a in self.agents]).reshape(-1, 3)
         self.intensity = np.array([OBJECT_INTENSITY[a.category] for a in self.agents])
 
@@ -282,19 +303,23 @@ class SceneSimulator:
         points.tofile(self.job.root / filename)
         self._add_sample_data("LIDAR_TOP", t, key, filename, pose_token, (0, 0))
         if key is not None:
-            visible, area = self._images(t, key, ego2global, boxes)
+            visible, area = self._images(t, key)
             self._annotate(t, key, points, boxes, lidar2global, ego2global, visible, area)
 
-    def _images(self, t: float, key: int, ego2global: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each camera's image at a keyframe; returns per agent its visible and its projected pixel area."""
+    def _images(self, t: float, key: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each camera's image of the keyframe at LiDAR time t. A camera fires at its own time (when the
+        LiDAR beam crosses its field of view, `Camera.fire_offset`), and its image shows the ego and the
+        agents where they are then, with that time's ego pose in its own ego_pose record. Returns per
+        agent its visible and its projected pixel area."""
         visible = np.zeros(len(self.agents))
         area = np.zeros(len(self.agents))
         for cam, renderer in zip(self.cameras, self.renderers):
-            pose_token, _ = self._ego_pose(t)
-            image, ids, areas = renderer.render(self.town, ego2global, boxes, self.colours)
-            filename = f"samples/{cam.channel}/{self.logfile}__{cam.channel}__{self._timestamp(t)}.jpg"
+            t_cam = t + cam.fire_offset
+            pose_token, ego2global = self._ego_pose(t_cam)
+            image, ids, areas = renderer.render(self.town, ego2global, _boxes_at(self.agents, t_cam), self.colours)
+            filename = f"samples/{cam.channel}/{self.logfile}__{cam.channel}__{self._timestamp(t_cam)}.jpg"
             Image.fromarray(image).save(self.job.root / filename, quality=self.opts.jpeg_quality)
-            self._add_sample_data(cam.channel, t, key, filename, pose_token, (cam.width, cam.height))
+            self._add_sample_data(cam.channel, t_cam, key, filename, pose_token, (cam.width, cam.height))
             visible += np.bincount(ids.ravel(), minlength=len(self.agents) + 1)[1:]
             area += areas
         return visible, area

@@ -1,8 +1,9 @@
 """The town as a nuScenes map-expansion file (`maps/expansion/<location>.json`, version 1.3).
 
 Geometry is normalised the way the real files are: `node` records hold coordinates, `line` and
-`polygon` records hold node tokens, and each layer record points to its geometry. Dividers are
-written as straight two-node lines, one per road segment.
+`polygon` records hold node tokens, and each layer record points to its geometry. Everything is the
+town's world geometry (`Town.layer_polygons`, `Town.layer_lines`): roads curve, so dividers are
+polylines with a node every metre, one per road segment, and lanes and kerbs follow the curves.
 """
 from __future__ import annotations
 
@@ -47,33 +48,36 @@ class _Geometry:
 
 def town_to_map_json(town: Town, token: Callable[[str], str]) -> dict:
     geom = _Geometry(token)
-    drivable = town.drivable_area
     drivable_record = {"token": token("drivable_area"),
-                       "polygon_tokens": [geom.add_polygon(p) for p in getattr(drivable, "geoms", [drivable])]}
+                       "polygon_tokens": [geom.add_polygon(p) for p in town.layer_polygons("drivable_area")]}
     segments = []
-    for seg in town.segments:
-        segments.append({"token": token("road_segment"), "polygon_token": geom.add_polygon(seg.polygon),
+    for seg, poly in zip(town.segments, town.layer_polygons("road_segment")):
+        segments.append({"token": token("road_segment"), "polygon_token": geom.add_polygon(poly),
                          "is_intersection": seg.is_intersection, "drivable_area_token": drivable_record["token"]})
     lanes = []
-    for lane in town.lanes:
-        x0, y0, x1, y1 = lane["polygon"].bounds
-        lanes.append({"token": token("lane"), "polygon_token": geom.add_polygon(lane["polygon"]), "lane_type": "CAR",
-                      "from_edge_line_token": geom.add_line(LineString([(x0, y0), (x0, y1)])),
-                      "to_edge_line_token": geom.add_line(LineString([(x1, y0), (x1, y1)])),
+    for lane, poly in zip(town.lanes, town.layer_polygons("lane")):
+        lanes.append({"token": token("lane"), "polygon_token": geom.add_polygon(poly), "lane_type": "CAR",
+                      "from_edge_line_token": geom.add_line(town.world(lane["from_edge"])),
+                      "to_edge_line_token": geom.add_line(town.world(lane["to_edge"])),
                       "left_lane_divider_segments": [], "right_lane_divider_segments": []})
-    crossings = [{"token": token("ped_crossing"), "polygon_token": geom.add_polygon(c["polygon"]),
-                  "road_segment_token": segments[c["segment"]]["token"]} for c in town.ped_crossings]
-    stop_lines = [{"token": token("stop_line"), "polygon_token": geom.add_polygon(s["polygon"]),
+    crossings = [{"token": token("ped_crossing"), "polygon_token": geom.add_polygon(poly),
+                  "road_segment_token": segments[c["segment"]]["token"]}
+                 for c, poly in zip(town.ped_crossings, town.layer_polygons("ped_crossing"))]
+    stop_lines = [{"token": token("stop_line"), "polygon_token": geom.add_polygon(poly),
                    "stop_line_type": "PED_CROSSING", "ped_crossing_tokens": [crossings[s["crossing"]]["token"]],
-                   "traffic_light_tokens": [], "road_block_token": ""} for s in town.stop_lines]
-    walkways = [{"token": token("walkway"), "polygon_token": geom.add_polygon(w)} for w in town.walkways]
-    carparks = [{"token": token("carpark_area"), "polygon_token": geom.add_polygon(c["polygon"]),
-                 "orientation": float(c["orientation"]), "road_block_token": ""} for c in town.carparks]
-    road_dividers = [{"token": token("road_divider"), "line_token": geom.add_line(d["line"]),
-                      "road_segment_token": segments[d["segment"]]["token"]} for d in town.road_dividers]
+                   "traffic_light_tokens": [], "road_block_token": ""}
+                  for s, poly in zip(town.stop_lines, town.layer_polygons("stop_line"))]
+    walkways = [{"token": token("walkway"), "polygon_token": geom.add_polygon(w)}
+                for w in town.layer_polygons("walkway")]
+    carparks = [{"token": token("carpark_area"), "polygon_token": geom.add_polygon(poly),
+                 "orientation": float(c["orientation"]), "road_block_token": ""}
+                for c, poly in zip(town.carparks, town.layer_polygons("carpark_area"))]
+    road_dividers = [{"token": token("road_divider"), "line_token": geom.add_line(line),
+                      "road_segment_token": segments[d["segment"]]["token"]}
+                     for d, line in zip(town.road_dividers, town.layer_lines("road_divider"))]
     lane_dividers = []
-    for d in town.lane_dividers:
-        line_token = geom.add_line(d["line"])
+    for line in town.layer_lines("lane_divider"):
+        line_token = geom.add_line(line)
         nodes = geom.line[-1]["node_tokens"]
         lane_dividers.append({"token": token("lane_divider"), "line_token": line_token,
                               "lane_divider_segments": [{"node_token": n, "segment_type": "DOUBLE_DASHED_WHITE"}

@@ -2,7 +2,9 @@
 
 A `Trajectory` is a dense 2-D polyline with an arc-length parameter and a speed profile s(t). Both the
 ego vehicle and the other agents move this way, so positions, headings and velocities are exact
-functions of time: sensors at any timestamp see the same world the annotations describe.
+functions of time: sensors at any timestamp see the same world the annotations describe. Paths are
+planned on the town's straight plan grid and bent into the world (`Town.warp`) point by point, so
+they follow the curved lanes and sidewalks.
 """
 from __future__ import annotations
 
@@ -117,7 +119,8 @@ class RoadGraph:
 
     def random_route(self, rng: np.random.Generator, start: tuple[int, int], heading: int, lane: int,
                      min_length: float, start_fraction: float) -> Trajectory:
-        """A lane-following path from a point on the leg leaving `start`, turning at random."""
+        """A lane-following world path from a point on the leg leaving `start`, turning at random
+        (`min_length` is measured in the plan)."""
         i, j = start
         pts: list[np.ndarray] = []
         length, first = 0.0, True
@@ -140,7 +143,8 @@ class RoadGraph:
             new = heading if heading in options and rng.random() < 0.5 else int(rng.choice(options))
             new_road = self.road_along(*nxt, new)
             lane = min(lane, new_road.lanes_per_direction - 1)
-            exit_point = self.node(*nxt) + self.lane_offset(new_road, new, lane) + HEADINGS[new] * self.extent(*nxt, new)
+            exit_point = (self.node(*nxt) + self.lane_offset(new_road, new, lane)
+                          + HEADINGS[new] * self.extent(*nxt, new))
             if new == heading:
                 pts.append(exit_point)
             else:
@@ -148,7 +152,7 @@ class RoadGraph:
                 pts.extend(_bezier(b, corner, exit_point)[1:])
             length += float(np.linalg.norm(exit_point - b))
             i, j, heading = nxt[0], nxt[1], new
-        return Trajectory(points=_polyline(pts))
+        return Trajectory(points=self.town.warp(_polyline(pts)))
 
     def random_leg(self, rng: np.random.Generator, near: np.ndarray, radius: float) -> tuple[tuple[int, int], int]:
         """A (start node, heading) whose leg passes within `radius` of `near`."""
@@ -168,7 +172,7 @@ class RoadGraph:
 
 
 def sidewalk_loop(town: Town, block: tuple[int, int], clockwise: bool) -> np.ndarray:
-    """Centre line of a block's sidewalk ring, walked twice round (long enough for any scene)."""
+    """World centre line of a block's sidewalk ring, walked twice round (long enough for any scene)."""
     i, j = block
     v0, v1 = [r for r in town.roads if r.axis == 1][i:i + 2]
     h0, h1 = [r for r in town.roads if r.axis == 0][j:j + 2]
@@ -178,11 +182,12 @@ def sidewalk_loop(town: Town, block: tuple[int, int], clockwise: bool) -> np.nda
     ring = [np.array(p) for p in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
     if clockwise:
         ring = ring[::-1]
-    return _polyline(ring * 2 + [ring[0]])
+    return town.warp(_polyline(ring * 2 + [ring[0]]))
 
 
 def crossing_path(town: Town, crossing: dict, forward: bool) -> np.ndarray:
-    """Straight walk across a pedestrian crossing, sidewalk to sidewalk."""
+    """World path across a pedestrian crossing, sidewalk to sidewalk (straight: crossings lie where
+    the roads do not bend)."""
     road = town.segments[crossing["segment"]].road
     x0, y0, x1, y1 = crossing["polygon"].bounds
     reach = road.half_width + WALKWAY_WIDTH / 2
@@ -192,4 +197,4 @@ def crossing_path(town: Town, crossing: dict, forward: bool) -> np.ndarray:
     else:
         ym = 0.5 * (y0 + y1)
         a, b = np.array([road.coord - reach, ym]), np.array([road.coord + reach, ym])
-    return _polyline([a, b] if forward else [b, a])
+    return town.warp(_polyline([a, b] if forward else [b, a]))

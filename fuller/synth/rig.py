@@ -3,6 +3,10 @@
 Numbers are those of the nuScenes rig (Renault Zoe): camera positions, yaws and intrinsics at the
 native 1600 x 900 resolution, scaled by `image_scale`; LIDAR_TOP yawed -90 degrees so that its x
 axis points to the right of the car and y forward, as in the real calibration.
+
+Timing is nuScenes' too: the LiDAR spins clockwise (seen from above) at 20 Hz, its timestamp marks
+the end of a revolution, and each camera is triggered when the beam crosses the middle of its field
+of view, so a keyframe's images are taken up to a revolution (50 ms) before its LiDAR timestamp.
 """
 from __future__ import annotations
 
@@ -24,6 +28,11 @@ CAMERAS = {
 }
 LIDAR_TRANSLATION = (0.943713, 0.0, 1.84023)
 LIDAR_YAW_DEG = -90.0
+LIDAR_PERIOD = 0.05  # seconds per revolution (20 Hz)
+# Ego-frame yaw of the beam at the LiDAR timestamp. With it the firing times match the real rig's
+# (e.g. scene-0061's first keyframe: CAM_FRONT_LEFT 43 ms, CAM_FRONT 35 ms, CAM_BACK_LEFT 0.5 ms
+# before LIDAR_TOP).
+LIDAR_END_YAW_DEG = 106.4
 # Velodyne HDL-32E: 32 beams from -30.67 to +10.67 degrees.
 LIDAR_ELEVATIONS_DEG = np.linspace(-30.67, 10.67, 32)
 
@@ -53,6 +62,7 @@ class Camera:
     intrinsic: np.ndarray
     width: int
     height: int
+    fire_offset: float = 0.0  # seconds from the keyframe's LiDAR timestamp to this camera's exposure (< 0)
 
 
 @dataclass(frozen=True)
@@ -73,8 +83,15 @@ def make_cameras(image_scale: float) -> list[Camera]:
         down = np.array([0.0, 0.0, -1.0])
         k = np.array([[f * image_scale, 0.0, cx * image_scale], [0.0, f * image_scale, cy * image_scale],
                       [0.0, 0.0, 1.0]])
-        cams.append(Camera(channel, np.array(t), np.stack([right, down, forward], axis=1), k, width, height))
+        cams.append(Camera(channel, np.array(t), np.stack([right, down, forward], axis=1), k, width, height,
+                           -camera_delay(yaw_deg)))
     return cams
+
+
+def camera_delay(yaw_deg: float) -> float:
+    """Seconds by which a camera looking along ego-frame `yaw_deg` fires before the LiDAR timestamp:
+    the time the clockwise beam takes from that yaw to the end of its revolution."""
+    return (yaw_deg - LIDAR_END_YAW_DEG) % 360.0 / 360.0 * LIDAR_PERIOD
 
 
 def make_lidar(azimuth_step_deg: float) -> Lidar:

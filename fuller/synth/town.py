@@ -4,15 +4,22 @@ The town is the single source of the world's static geometry. The map-expansion 
 into the devkit's JSON, the camera renderer and the LiDAR read the painted ground from its label
 raster, and agents drive and walk along its lanes and sidewalks. Global frame: x east, y north,
 metres, ground at z = 0; the canvas spans [0, width] x [0, height] as in the real map files.
+
+The layout is drawn on a straight grid (the *plan*) and then bent into the world by `Bends`: roads
+curve gently between intersections, as real streets do, so dividers, lanes and kerbs are curved
+polylines of many nodes. Layout code (agents, routes) works in the plan; everything sensors and
+maps see goes through `Town.warp`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+import shapely
 from PIL import Image, ImageDraw
 from shapely.geometry import LineString, Polygon, box
-from shapely.ops import unary_union
+from shapely.geometry.base import BaseGeometry
+from shapely.ops import substring, unary_union
 
 LANE_WIDTH = 3.5
 WALKWAY_WIDTH = 3.0
@@ -22,6 +29,11 @@ STOP_LINE_DEPTH = 0.6
 PAINT_WIDTH = 0.15
 MARGIN = 40.0
 RASTER_RES = 0.1
+NODE_SPACING = 1.0  # metres between map nodes along lines and curved edges (real maps: about 1 to 2 m)
+# Straight road kept beyond each intersection's edge: its crossing and stop line lie within it.
+STRAIGHT_APPROACH = CROSSING_SETBACK + CROSSING_WIDTH + 2.0
+MAX_BOW = 4.0  # largest sideways bow of a road between two intersections
+MIN_RADIUS = 40.0  # tightest curve a bow may make
 
 # Ground labels of the raster the sensors see. Paint is what cameras (and LiDAR intensity) see of
 # the markings; the map layers are the annotated regions the paint belongs to.
@@ -53,9 +65,58 @@ class Segment:
     span: tuple[float, float] = (0.0, 0.0)
 
 
+@dataclass(frozen=True)
+class Bends:
+    """A smooth, invertible map from the plan to the world: x' = x + f(x, y), y' = y + g(x, y).
+
+    Between two intersections each road bows sideways with a sin^2 profile (zero offset and zero
+    slope at both ends, so it leaves every intersection straight and its crossings and stop lines
+    keep their shape); the blocks between two roads follow by a smoothstep blend of the roads'
+    bows. Intersections stay exactly where the plan has them. Bows are small against the distance
+    they act over, so the offsets' gradient stays well below 1 (about 0.2), which keeps the map
+    invertible.
+    """
+
+    x_zones: np.ndarray  # (K, 2): x intervals between consecutive roads along y, past their straight approaches
+    y_zones: np.ndarray  # (J, 2): likewise in y, between consecutive roads along x
+    x_bows: np.ndarray  # (K + 1, J): sideways (x) bow of each road along y, in each y interval
+    y_bows: np.ndarray  # (J + 1, K): sideways (y) bow of each road along x, in each x interval
+
+    def offsets(self, points: np.ndarray) -> np.ndarray:
+        """(..., 2) world minus plan position of plan points (..., 2)."""
+        p = np.asarray(points, dtype=np.float64)
+        ux = _zone_fraction(p[..., 0], self.x_zones)
+        uy = _zone_fraction(p[..., 1], self.y_zones)
+        f = np.sum(np.sin(np.pi * uy) ** 2 * (self.x_bows[0] + _smoothstep(ux) @ np.diff(self.x_bows, axis=0)), -1)
+        g = np.sum(np.sin(np.pi * ux) ** 2 * (self.y_bows[0] + _smoothstep(uy) @ np.diff(self.y_bows, axis=0)), -1)
+        return np.stack([f, g], -1)
+
+    def warp(self, points: np.ndarray) -> np.ndarray:
+        """Plan points (..., 2) to world points."""
+        return np.asarray(points, dtype=np.float64) + self.offsets(points)
+
+    def unwarp(self, points: np.ndarray) -> np.ndarray:
+        """World points (..., 2) back to the plan: the fixed point of p = w - offsets(p), a contraction
+        because the offsets' gradient stays below 1."""
+        w = np.asarray(points, dtype=np.float64)
+        p = w.copy()
+        for _ in range(40):
+            p = w - self.offsets(p)
+        return p
+
+
+def _zone_fraction(c: np.ndarray, zones: np.ndarray) -> np.ndarray:
+    """(..., Z): how far c lies through each zone, clipped to [0, 1]."""
+    return np.clip((c[..., None] - zones[:, 0]) / (zones[:, 1] - zones[:, 0]), 0.0, 1.0)
+
+
+def _smoothstep(u: np.ndarray) -> np.ndarray:
+    return u * u * (3.0 - 2.0 * u)
+
+
 @dataclass
 class Town:
-    """All static geometry of one map location, as shapely objects in the global frame."""
+    """All static geometry of one map location: the layout in plan coordinates, `bends` to the world."""
 
     width: float
     height: float
@@ -70,30 +131,58 @@ class Town:
     carparks: list[dict] = field(default_factory=list)
     road_dividers: list[dict] = field(default_factory=list)
     lane_dividers: list[dict] = field(default_factory=list)
+    bends: Bends | None = None
     labels: np.ndarray | None = None
 
     def road(self, axis: int, index: int) -> Road:
         return [r for r in self.roads if r.axis == axis][index]
 
+    def warp(self, points: np.ndarray) -> np.ndarray:
+        """Plan points (..., 2) to the world."""
+        return self.bends.warp(points)
+
+    def unwarp(self, points: np.ndarray) -> np.ndarray:
+        """World points (..., 2) to the plan."""
+        return self.bends.unwarp(points)
+
+    def place(self, x: float, y: float, yaw: float) -> tuple[float, float, float]:
+        """A plan pose (a parked car, a cone) in the world: the heading turns with the local bend."""
+        p = np.array([x, y])
+        step = 0.05 * np.array([np.cos(yaw), np.sin(yaw)])
+        (wx, wy), (ax, ay), (bx, by) = self.warp(np.stack([p, p - step, p + step]))
+        return float(wx), float(wy), float(np.arctan2(by - ay, bx - ax))
+
+    def world(self, geometry: BaseGeometry) -> BaseGeometry:
+        """A plan geometry in the world. Lines get a node about every NODE_SPACING metres (spaced in the
+        plan), as the real maps' dividers have; polygon edges keep only the nodes their curves need
+        (1 cm tolerance), as each map query rebuilds every polygon from its nodes."""
+        bent = shapely.transform(shapely.segmentize(geometry, NODE_SPACING), self.warp)
+        if bent.geom_type in ("Polygon", "MultiPolygon"):
+            return shapely.simplify(bent, 0.01)
+        return bent
+
     @property
     def drivable_area(self) -> Polygon:
-        """Roads and car parks, the union nuScenes calls drivable_area."""
-        return unary_union([s.polygon for s in self.segments] + [c["polygon"] for c in self.carparks])
+        """Roads and car parks in the world, the union nuScenes calls drivable_area."""
+        return self.world(unary_union([s.polygon for s in self.segments] + [c["polygon"] for c in self.carparks]))
 
     def layer_polygons(self, layer: str) -> list[Polygon]:
-        """The generator's own polygons of a polygon map layer."""
+        """The generator's own world polygons of a polygon map layer, in record order."""
         if layer == "drivable_area":
             geom = self.drivable_area
             return list(getattr(geom, "geoms", [geom]))
         if layer == "walkway":
-            return list(self.walkways)
+            return [self.world(w) for w in self.walkways]
+        if layer == "road_segment":
+            return [self.world(s.polygon) for s in self.segments]
         records = {"ped_crossing": self.ped_crossings, "stop_line": self.stop_lines,
                    "carpark_area": self.carparks, "lane": self.lanes}[layer]
-        return [r["polygon"] for r in records]
+        return [self.world(r["polygon"]) for r in records]
 
     def layer_lines(self, layer: str) -> list[LineString]:
-        """The generator's own lines of a line map layer."""
-        return [r["line"] for r in {"road_divider": self.road_dividers, "lane_divider": self.lane_dividers}[layer]]
+        """The generator's own world lines of a line map layer, in record order."""
+        records = {"road_divider": self.road_dividers, "lane_divider": self.lane_dividers}[layer]
+        return [self.world(r["line"]) for r in records]
 
     def label_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Ground label under global (x, y); GRASS off the canvas."""
@@ -125,8 +214,25 @@ def generate_town(rng: np.random.Generator, blocks: tuple[int, int] = (4, 4)) ->
     for road in roads:
         _add_road_segments(town, road, vroads if road.axis == 0 else hroads, rng)
     _add_blocks(town, vroads, hroads, rng)
+    town.bends = _draw_bends(vroads, hroads, rng)
     town.labels = _rasterise(town)
     return town
+
+
+def _draw_bends(vroads: list[Road], hroads: list[Road], rng: np.random.Generator) -> Bends:
+    """Each road's bow in each block it passes: uniform in +-MAX_BOW, capped where the block is
+    short so that no curve is tighter than MIN_RADIUS (a sin^2 bow of amplitude a over length L
+    has its tightest radius L^2 / (2 pi^2 a))."""
+    def zones(roads: list[Road]) -> np.ndarray:
+        return np.array([(r0.coord + r0.half_width + STRAIGHT_APPROACH, r1.coord - r1.half_width - STRAIGHT_APPROACH)
+                         for r0, r1 in zip(roads[:-1], roads[1:])])
+
+    def bows(n_roads: int, zone: np.ndarray) -> np.ndarray:
+        limit = np.minimum(MAX_BOW, (zone[:, 1] - zone[:, 0]) ** 2 / (2 * np.pi ** 2 * MIN_RADIUS))
+        return rng.uniform(-1.0, 1.0, size=(n_roads, len(zone))) * limit
+
+    x_zones, y_zones = zones(vroads), zones(hroads)
+    return Bends(x_zones, y_zones, bows(len(vroads), y_zones), bows(len(hroads), x_zones))
 
 
 def _rect_along(road: Road, a: float, b: float, lo: float, hi: float) -> Polygon:
@@ -134,6 +240,13 @@ def _rect_along(road: Road, a: float, b: float, lo: float, hi: float) -> Polygon
     if road.axis == 0:
         return box(min(a, b), road.coord + lo, max(a, b), road.coord + hi)
     return box(road.coord + lo, min(a, b), road.coord + hi, max(a, b))
+
+
+def _line_across(road: Road, at: float, lo: float, hi: float) -> LineString:
+    """Segment across the road at `at` along it, from offset lo to hi."""
+    if road.axis == 0:
+        return LineString([(at, road.coord + lo), (at, road.coord + hi)])
+    return LineString([(road.coord + lo, at), (road.coord + hi, at)])
 
 
 def _line_along(road: Road, a: float, b: float, offset: float) -> LineString:
@@ -160,11 +273,17 @@ def _add_road_segments(town: Town, road: Road, crossing_roads: list[Road], rng: 
         seg_index = len(town.segments) - 1
         town.road_dividers.append({"line": _line_along(road, a, b, 0.0), "segment": seg_index})
         for side in (-1, 1):
+            # Right-hand traffic: along x the lanes below the centre line run towards +x, along y
+            # those right of it run towards +y; a lane's from edge is where its traffic enters.
+            start, end = (a, b) if side == (-1 if road.axis == 0 else 1) else (b, a)
             for k in range(road.lanes_per_direction):
                 lo, hi = sorted((side * k * LANE_WIDTH, side * (k + 1) * LANE_WIDTH))
-                town.lanes.append({"polygon": _rect_along(road, a, b, lo, hi), "segment": seg_index})
+                town.lanes.append({"polygon": _rect_along(road, a, b, lo, hi), "segment": seg_index,
+                                   "from_edge": _line_across(road, start, lo, hi),
+                                   "to_edge": _line_across(road, end, lo, hi)})
             for k in range(1, road.lanes_per_direction):
-                town.lane_dividers.append({"line": _line_along(road, a, b, side * k * LANE_WIDTH), "segment": seg_index})
+                town.lane_dividers.append({"line": _line_along(road, a, b, side * k * LANE_WIDTH),
+                                           "segment": seg_index})
         # A crossing at each end with probability 0.7, and a stop line before it for the traffic
         # that arrives there (right-hand traffic: the arriving half is the one on its right).
         for end, direction in ((a, 1.0), (b, -1.0)):
@@ -206,7 +325,9 @@ def _add_blocks(town: Town, vroads: list[Road], hroads: list[Road], rng: np.rand
 
 
 def _rasterise(town: Town) -> np.ndarray:
-    """Ground labels at RASTER_RES, row = y / res, col = x / res (no flip: an internal texture)."""
+    """World ground labels at RASTER_RES, row = y / res, col = x / res (no flip: an internal texture).
+    Everything is drawn from the same world geometry the map file holds, so the paint the sensors
+    see lies where the map's lines and polygons are."""
     h, w = int(np.ceil(town.height / RASTER_RES)), int(np.ceil(town.width / RASTER_RES))
     img = Image.new("L", (w, h), GRASS)
     draw = ImageDraw.Draw(img)
@@ -217,44 +338,34 @@ def _rasterise(town: Town) -> np.ndarray:
             for hole in part.interiors:
                 draw.polygon([(x / RASTER_RES, y / RASTER_RES) for x, y in hole.coords], fill=GRASS)
 
-    for walk in town.walkways:
+    for walk in town.layer_polygons("walkway"):
         fill(walk, WALKWAY)
-    for park in town.carparks:
-        fill(park["polygon"], CARPARK)
-    for seg in town.segments:
-        fill(seg.polygon, ASPHALT)
+    for park in town.layer_polygons("carpark_area"):
+        fill(park, CARPARK)
+    for seg in town.layer_polygons("road_segment"):
+        fill(seg, ASPHALT)
     for crossing in town.ped_crossings:
-        _fill_zebra(fill, crossing["polygon"], town.segments[crossing["segment"]].road)
-    for stop in town.stop_lines:
-        fill(stop["polygon"], WHITE_PAINT)
-    for div in town.road_dividers:
+        for stripe in _zebra(crossing["polygon"], town.segments[crossing["segment"]].road):
+            fill(town.world(stripe), WHITE_PAINT)
+    for stop in town.layer_polygons("stop_line"):
+        fill(stop, WHITE_PAINT)
+    for line in town.layer_lines("road_divider"):
         for off in (-0.15, 0.15):  # double yellow line
-            fill(_offset_line(div["line"], off).buffer(PAINT_WIDTH / 2, cap_style="flat"), YELLOW_PAINT)
-    for div in town.lane_dividers:
-        for dash in _dashes(div["line"], on=3.0, off=6.0):
+            fill(line.offset_curve(off).buffer(PAINT_WIDTH / 2, cap_style="flat"), YELLOW_PAINT)
+    for line in town.layer_lines("lane_divider"):
+        for dash in _dashes(line, on=3.0, off=6.0):
             fill(dash.buffer(PAINT_WIDTH / 2, cap_style="flat"), WHITE_PAINT)
     return np.asarray(img, dtype=np.uint8)
 
 
-def _fill_zebra(fill, crossing: Polygon, road: Road) -> None:
-    """Zebra stripes 0.5 m wide every 1 m across the road, inside the crossing polygon."""
+def _zebra(crossing: Polygon, road: Road) -> list[Polygon]:
+    """Zebra stripes 0.5 m wide every 1 m across the road, inside the crossing polygon (plan)."""
     x0, y0, x1, y1 = crossing.bounds
     lo, hi = (y0, y1) if road.axis == 0 else (x0, x1)
-    for c in np.arange(lo + 0.25, hi - 0.25, 1.0):
-        stripe = box(x0, c, x1, c + 0.5) if road.axis == 0 else box(c, y0, c + 0.5, y1)
-        fill(stripe, WHITE_PAINT)
-
-
-def _offset_line(line: LineString, offset: float) -> LineString:
-    (ax, ay), (bx, by) = line.coords[0], line.coords[-1]
-    n = np.array([-(by - ay), bx - ax]) / max(np.hypot(bx - ax, by - ay), 1e-9)
-    return LineString([(ax + offset * n[0], ay + offset * n[1]), (bx + offset * n[0], by + offset * n[1])])
+    return [box(x0, c, x1, c + 0.5) if road.axis == 0 else box(c, y0, c + 0.5, y1)
+            for c in np.arange(lo + 0.25, hi - 0.25, 1.0)]
 
 
 def _dashes(line: LineString, on: float, off: float) -> list[LineString]:
-    out, s = [], 0.0
-    while s < line.length:
-        a, b = line.interpolate(s), line.interpolate(min(s + on, line.length))
-        out.append(LineString([a, b]))
-        s += on + off
-    return out
+    """The painted dashes of a dashed line, following its curve."""
+    return [substring(line, s, min(s + on, line.length)) for s in np.arange(0.0, line.length, on + off)]
