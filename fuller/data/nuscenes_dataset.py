@@ -25,6 +25,7 @@ from fuller.config import FullerConfig
 from fuller.errors import UserInputError
 
 from . import devkit_compat
+from .check import inspect_file
 from .sample import Sample, Transform
 from .transforms import ResizeCrop
 
@@ -55,6 +56,17 @@ def open_nuscenes(dataroot: str | Path, version: str) -> NuScenes:
     return NuScenes(version=version, dataroot=str(root), verbose=False)
 
 
+
+
+def read_image(path: Path, token: str) -> np.ndarray:
+    """An image as RGB; on failure (only then, to keep the hot path free of checks) the file is diagnosed
+    and named: missing, truncated, unreadable."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as exc:
+        what = inspect_file(path)[1] or f"unreadable image: {exc}"
+        raise DatasetError(f"{path}: {what} (sample {token})") from exc
 
 
 class NuScenesDataset:
@@ -120,20 +132,39 @@ class NuScenesDataset:
                           @ transform_matrix(cs["translation"], Quaternion(cs["rotation"])))
             cam2lidar.append(np.linalg.inv(lidar2global) @ cam2global)
             intrinsics.append(np.asarray(cs["camera_intrinsic"], dtype=np.float64))
-            images.append(np.asarray(Image.open(Path(nusc.dataroot) / sd["filename"]).convert("RGB")))
+            images.append(read_image(Path(nusc.dataroot) / sd["filename"], token))
         sizes = {im.shape for im in images}
         if len(sizes) != 1:
             raise DatasetError(f"sample {token}: cameras have different image sizes {sorted(sizes)}")
 
-        pc, times = LidarPointCloud.from_file_multisweep(nusc, rec, "LIDAR_TOP", "LIDAR_TOP",
-                                                         nsweeps=self.geometry.sweeps)
+        try:
+            pc, times = LidarPointCloud.from_file_multisweep(nusc, rec, "LIDAR_TOP", "LIDAR_TOP",
+                                                             nsweeps=self.geometry.sweeps)
+        except (OSError, ValueError) as exc:
+            raise self._sweep_error(lidar_sd, token, exc) from exc
         points = np.concatenate([pc.points.T, times.T], axis=1).astype(np.float32)
 
         boxes, labels = self._boxes(rec, lidar_sd["token"], lidar2global)
-        return Sample(token=token, location=nusc.get("log", nusc.get("scene", rec["scene_token"])["log_token"])["location"],
+        location = nusc.get("log", nusc.get("scene", rec["scene_token"])["log_token"])["location"]
+        return Sample(token=token, location=location,
                       timestamp=rec["timestamp"], images=np.stack(images), intrinsics=np.stack(intrinsics),
                       camera2lidar=np.stack(cam2lidar), img_aug=np.tile(np.eye(4), (len(images), 1, 1)),
                       points=points, gt_boxes=boxes, gt_labels=labels, lidar2ego=lidar2ego, ego2global=ego2global)
+
+    def _sweep_error(self, lidar_sd: dict, token: str, exc: Exception) -> DatasetError:
+        """The error naming the file `from_file_multisweep` failed on: its sweeps are walked again (only now,
+        after a failure, so a good sample pays no stat calls) and the first bad file is named."""
+        sd = lidar_sd
+        for _ in range(self.geometry.sweeps):
+            path = Path(self.nusc.dataroot) / sd["filename"]
+            what = inspect_file(path)[1]
+            if what:
+                return DatasetError(f"{path}: {what} (sample {token})")
+            if not sd["prev"]:
+                break
+            sd = self.nusc.get("sample_data", sd["prev"])
+        return DatasetError(f"{Path(self.nusc.dataroot) / lidar_sd['filename']}: cannot read the LiDAR sweeps: {exc} "
+                            f"(sample {token})")
 
     def _boxes(self, rec: dict, lidar_token: str, lidar2global: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         _, boxes, _ = self.nusc.get_sample_data(lidar_token)
