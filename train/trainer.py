@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import re
 import time
@@ -172,6 +173,14 @@ def _open_run(out: Path, resume: bool) -> Path | None:
     return None
 
 
+def loader_workers(wanted: int) -> int:
+    """``train.num_workers``, at most one per CPU this process may run on: more only compete for them."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if wanted > cpus:
+        log.info("train.num_workers=%d: using %d loader workers, one per available CPU", wanted, cpus)
+    return min(wanted, cpus)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -205,7 +214,8 @@ def train(cfg: FullerConfig, data_root: str | Path, out: str | Path, *, resume: 
     t = cfg.train
     last = t.steps if stop_at is None else min(stop_at, t.steps)
     sampler = StepBatchSampler(len(dataset), t.batch_size, t.seed, trainer.step, last, rank, world)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(cfg), num_workers=t.num_workers)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(cfg),
+                        num_workers=loader_workers(t.num_workers))
     run_log = RunLog(out, resume_step=trainer.step if resume_from else None) if rank == 0 else None
     bar = tqdm(total=t.steps, initial=trainer.step, desc="train", unit="step", disable=not progress or rank != 0,
                dynamic_ncols=True)

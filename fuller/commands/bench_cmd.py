@@ -1,5 +1,5 @@
-"""``fuller bench``: benchmarks that print tables (``train``: cost of gradient calibration;
-``infer``: per-stage latency of the inference backends)."""
+"""``fuller bench``: benchmarks that print tables (``train``: cost of gradient calibration; ``data``:
+samples/s of the training loader; ``infer``: per-stage latency of the inference backends)."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     t.set_defaults(func=run_train_bench)
+
+    d = kinds.add_parser(
+        "data", help="samples/s of the training loader (is a step loader-bound?)",
+        description="Reads batches through the training loader (dataset, transforms, map rasterisation, "
+                    "voxelisation, BEV-pool geometry, collation) with the config's worker processes, or each "
+                    "count given, and prints samples/s beside the step time that would keep up with it.")
+    d.add_argument("--config", default="base", help="config name or YAML path (default base)")
+    d.add_argument("--data", help="nuScenes root (default: a synthetic set at nuScenes rates and sizes, 20 Hz "
+                                  "LiDAR and 1600x900 images, made in a temporary folder)")
+    d.add_argument("--split", default=None, help="split (default: the config's train split)")
+    d.add_argument("--workers", type=int, nargs="*", default=None,
+                   help="worker counts to compare (default: the config's train.num_workers)")
+    d.add_argument("--batches", type=int, default=4, help="timed batches per row (default 4)")
+    d.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    d.set_defaults(func=run_data_bench)
 
     i = kinds.add_parser(
         "infer", help="per-stage latency: PyTorch vs ONNX Runtime (vs TensorRT) side by side",
@@ -67,6 +82,33 @@ def run_train_bench(args: argparse.Namespace) -> int:
     device = default_device()
     rows = bench_train(cfg, samples, rounds=args.rounds, warmup=args.warmup, device=device)
     print(format_bench(rows, cfg, len(samples), device))
+    return 0
+
+
+@contextlib.contextmanager
+def nuscenes_rate_data(data: str | None, cfg):
+    """``data``, or one synthetic scene per split at nuScenes rates and sizes in a temporary folder."""
+    if data is not None:
+        yield data
+        return
+    from fuller.synth.generate import SynthOptions, make_dataset
+
+    with tempfile.TemporaryDirectory(prefix="fuller-bench-") as tmp:
+        print(f"making a synthetic dataset at nuScenes rates and sizes in {tmp} (a few minutes)")
+        make_dataset(tmp, SynthOptions(scenes=10, samples_per_scene=2, rates="nuscenes", version=cfg.data.version))
+        yield tmp
+
+
+def run_data_bench(args: argparse.Namespace) -> int:
+    from fuller.config import load_config
+    from fuller.train.loader_bench import bench_loader, format_loader_bench
+
+    cfg = load_config(args.config, args.set)
+    counts = args.workers if args.workers else [cfg.train.num_workers]
+    with nuscenes_rate_data(args.data, cfg) as root:
+        split = args.split or cfg.data.train_split
+        rows = [bench_loader(cfg, root, split, workers, args.batches) for workers in counts]
+        print(format_loader_bench(rows, cfg, args.data or "synthetic, nuScenes rates"))
     return 0
 
 
