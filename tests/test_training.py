@@ -196,12 +196,14 @@ def test_data_parallel_equals_one_process_on_the_whole_batch(small_cfg, small_sa
     record = whole.backward(Collator(cfg)(small_samples[:2]))
     assert math.isclose(record["coef/det"], rec0["coef/det"], rel_tol=1e-4)
     for name, p in whole.model.named_parameters():
-        # Both ranks hold the whole batch's gradient, to float32 summation order: elements are compared
-        # against the tensor's scale (an element near zero differs by ~1e-4 of the largest one).
-        scale = float(p.grad.abs().max())
+        # Both ranks hold the whole batch's gradient, per tensor to 5e-3 of its norm. Not closer: the
+        # modality scale of two ranks and of one process agree to ~1e-4 (float32 norms of different
+        # reductions), and the GroupNorm affine gradients, sums with heavy cancellation, reach 1.4e-3
+        # when earlier tests have changed the convolutions' kernels and summation order. A missed
+        # average (a factor 2) is far outside.
         for grads in (grads0, grads1):
-            torch.testing.assert_close(torch.from_numpy(grads[name]), p.grad, rtol=1e-3, atol=1e-3 * scale + 1e-9,
-                                       msg=name)
+            error = torch.linalg.vector_norm(torch.from_numpy(grads[name]) - p.grad)
+            assert error <= 5e-3 * torch.linalg.vector_norm(p.grad) + 1e-12, name
 
 
 def test_cli_train_then_eval(synth_root, tmp_path, capsys):
