@@ -55,18 +55,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 @contextlib.contextmanager
-def bench_data(data: str | None, cfg):
-    """``data``, or a small synthetic dataset made in a temporary folder for the benchmark's run."""
+def bench_data(data: str | None, options, what: str = "a small synthetic dataset"):
+    """``data``, or a synthetic dataset made with ``options`` in a temporary folder for the run."""
     if data is not None:
         yield data
         return
-    from fuller.synth.generate import SynthOptions, make_dataset
+    from fuller.synth.generate import make_dataset
 
     with tempfile.TemporaryDirectory(prefix="fuller-bench-") as tmp:
-        print(f"making a small synthetic dataset in {tmp}")
-        make_dataset(tmp, SynthOptions(scenes=10, samples_per_scene=1, sweeps_per_sample=cfg.geometry.sweeps - 1,
-                                       version=cfg.data.version), progress=False)
+        print(f"making {what} in {tmp}")
+        make_dataset(tmp, options, progress=False)
         yield tmp
+
+
+def small_set(cfg):
+    """One keyframe per mini scene, with the config's sweeps: enough for a batch or a few frames."""
+    from fuller.synth.generate import SynthOptions
+
+    return SynthOptions(scenes=10, samples_per_scene=1, sweeps_per_sample=cfg.geometry.sweeps - 1,
+                        version=cfg.data.version)
 
 
 def run_train_bench(args: argparse.Namespace) -> int:
@@ -76,7 +83,7 @@ def run_train_bench(args: argparse.Namespace) -> int:
     from fuller.train.trainer import default_device
 
     cfg = load_config(args.config, args.set)
-    with bench_data(args.data, cfg) as root:
+    with bench_data(args.data, small_set(cfg)) as root:
         dataset = NuScenesDataset(cfg, root, cfg.data.train_split)
         samples = [dataset[i] for i in range(min(cfg.train.batch_size, len(dataset)))]
     device = default_device()
@@ -85,27 +92,16 @@ def run_train_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def nuscenes_rate_data(data: str | None, cfg):
-    """``data``, or one synthetic scene per split at nuScenes rates and sizes in a temporary folder."""
-    if data is not None:
-        yield data
-        return
-    from fuller.synth.generate import SynthOptions, make_dataset
-
-    with tempfile.TemporaryDirectory(prefix="fuller-bench-") as tmp:
-        print(f"making a synthetic dataset at nuScenes rates and sizes in {tmp} (a few minutes)")
-        make_dataset(tmp, SynthOptions(scenes=10, samples_per_scene=2, rates="nuscenes", version=cfg.data.version))
-        yield tmp
-
-
 def run_data_bench(args: argparse.Namespace) -> int:
     from fuller.config import load_config
     from fuller.train.loader_bench import bench_loader, format_loader_bench
 
     cfg = load_config(args.config, args.set)
     counts = args.workers if args.workers else [cfg.train.num_workers]
-    with nuscenes_rate_data(args.data, cfg) as root:
+    from fuller.synth.generate import SynthOptions
+
+    nuscenes_rates = SynthOptions(scenes=10, samples_per_scene=2, rates="nuscenes", version=cfg.data.version)
+    with bench_data(args.data, nuscenes_rates, "a synthetic dataset at nuScenes rates and sizes (minutes)") as root:
         split = args.split or cfg.data.train_split
         rows = [bench_loader(cfg, root, split, workers, args.batches) for workers in counts]
         print(format_loader_bench(rows, cfg, args.data or "synthetic, nuScenes rates"))
@@ -134,7 +130,7 @@ def run_infer_bench(args: argparse.Namespace) -> int:
         engine = open_engine(path)
         engines[engine.backend.name] = engine
     cfg = next(iter(engines.values())).config
-    with bench_data(args.data, cfg) as root:
+    with bench_data(args.data, small_set(cfg)) as root:
         dataset = NuScenesDataset(cfg, root, args.split or cfg.data.val_split)
         loaded = []
         for _, calibration, sample in frames(dataset, progress=False):
