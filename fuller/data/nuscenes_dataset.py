@@ -25,7 +25,7 @@ from fuller.config import FullerConfig
 from fuller.errors import UserInputError
 
 from . import devkit_compat
-from .check import inspect_file
+from .check import TABLES, inspect_file
 from .sample import Sample, Transform
 from .transforms import ResizeCrop
 
@@ -48,14 +48,10 @@ def open_nuscenes(dataroot: str | Path, version: str) -> NuScenes:
     if not tables.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("v1.0"))
         raise DatasetError(f"{tables}: no table folder for version {version!r} (found: {found or 'none'})")
-    missing = [t for t in ("scene", "sample", "sample_data", "sample_annotation", "ego_pose", "calibrated_sensor",
-                           "sensor", "log", "map", "instance", "category", "attribute", "visibility")
-               if not (tables / f"{t}.json").is_file()]
+    missing = [t for t in TABLES if not (tables / f"{t}.json").is_file()]
     if missing:
         raise DatasetError(f"{tables}: missing tables {', '.join(m + '.json' for m in missing)}")
     return NuScenes(version=version, dataroot=str(root), verbose=False)
-
-
 
 
 def read_image(path: Path, token: str) -> np.ndarray:
