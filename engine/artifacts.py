@@ -4,9 +4,10 @@ travels with a TensorRT engine.
 `fuller export` writes ``exports/fuller.onnx``; ``python export/build_engine.py --fp16`` (or
 ``fuller build-engine``) writes ``exports/fuller.engine`` beside it with its sidecar
 ``fuller.engine.json``. TensorRT engines run only on the TensorRT version and GPU they were built
-for, so the sidecar records both (and the precision, the config and the ONNX digest), and
-`check_sidecar` is what the runtime calls before deserialising an engine: a mismatch is a clear
-message instead of a deserialisation failure. Relative paths resolve against the working directory.
+for, so the sidecar records both (and the precision with the flags that decide it, the config and
+the ONNX digest), and `check_sidecar` is what the runtime calls before deserialising an engine: a
+mismatch is a clear message instead of a deserialisation failure. Relative paths resolve against the
+working directory.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ DEFAULT_ONNX = Path("exports/fuller.onnx")
 DEFAULT_ENGINE = DEFAULT_ONNX.with_suffix(".engine")
 # "config" is the exported config YAML: the TensorRT runtime's source of geometry, as the ONNX
 # metadata is for ONNX Runtime.
-SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision", "config_hash", "config",
-                "onnx_sha256", "built_at")
+SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision", "precision_flags",
+                "config_hash", "config", "onnx_sha256", "built_at")
 REBUILD = "rebuild the engine on this machine with python export/build_engine.py"
 
 
@@ -43,22 +44,25 @@ def read_metadata(model) -> dict[str, str]:
 
 
 def sidecar_record(*, tensorrt_version: str, gpu_name: str, compute_capability: str, precision: str,
-                   metadata: dict[str, str], onnx_bytes: bytes) -> dict[str, str]:
-    """What the sidecar JSON records about an engine build."""
+                   precision_flags: dict[str, bool], metadata: dict[str, str], onnx_bytes: bytes) -> dict:
+    """What the sidecar JSON records about an engine build. ``precision_flags`` are the build's
+    switches behind ``precision`` (`tensorrt_build.precision_flags`): strongly typed, float16 cast,
+    TF32."""
     return {"tensorrt_version": tensorrt_version, "gpu_name": gpu_name, "compute_capability": compute_capability,
-            "precision": precision, "config_hash": metadata.get(contract.META_CONFIG_HASH, ""),
+            "precision": precision, "precision_flags": dict(precision_flags),
+            "config_hash": metadata.get(contract.META_CONFIG_HASH, ""),
             "config": metadata.get(contract.META_CONFIG, ""),
             "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def write_sidecar(engine_path: str | Path, record: dict[str, str]) -> Path:
+def write_sidecar(engine_path: str | Path, record: dict) -> Path:
     path = sidecar_path(engine_path)
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
 
 
-def check_sidecar(engine_path: str | Path, trt_version: str, gpu_name: str) -> dict[str, str]:
+def check_sidecar(engine_path: str | Path, trt_version: str, gpu_name: str) -> dict:
     """The engine's sidecar record, after checking that it was built with TensorRT ``trt_version``
     on a ``gpu_name`` GPU. Raises :class:`EngineMismatchError` naming what differs (or saying the
     sidecar is missing or unreadable)."""

@@ -65,11 +65,17 @@ class Engine:
                 feeds.update(self.preprocessor.voxels(points))
         return feeds
 
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The backend's outputs for ``feeds``, as arrays the caller owns. A backend may hand back
+        buffers it overwrites on its next run (TensorRT's pinned output buffers), so this is the one
+        place they are copied, and every caller that keeps outputs across frames goes through it."""
+        return {name: np.array(value) for name, value in self.backend.run(feeds).items()}
+
     def infer(self, images: np.ndarray | None, points: np.ndarray | None) -> Result:
         with self.timers("total"):
             feeds = self.feeds(images, points)
             with self.timers("inference"):
-                outputs = self.backend.run(feeds)
+                outputs = self.run(feeds)
             with self.timers("postprocess"):
                 dets = detections(outputs, self.config, self.score_threshold)
                 bev = bev_map(outputs, self.config, self.map_threshold)

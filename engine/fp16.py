@@ -8,9 +8,10 @@ onnxconverter-common's ``convert_float_to_float16``; this module prepares the gr
 checks the result:
 
 * every node gets a unique name (the converter names its Casts after the nodes they serve);
-* the outputs of the ``fuller`` custom nodes get declared types (float for the features, int32 for
-  SparseConv3d's coordinates and count): ONNX shape inference knows nothing of custom ops, and
-  without these types the converter cannot see the float tensors downstream of them;
+* the outputs of the ``fuller`` custom nodes get declared types (float for BevPool's features,
+  int32 for the sparse index ops' sites, counts and rulebooks): ONNX shape inference knows nothing
+  of custom ops, and without these types the converter cannot see the float tensors downstream of
+  them;
 * ``Cast(to=FLOAT)`` nodes of the graph (not inside the blocked ops) now cast to FLOAT16, and
   ``Constant`` nodes given by ``value_float(s)`` become tensors: the converter rewrites neither, and
   either would put a float32 tensor where the graph now says float16;
@@ -18,9 +19,9 @@ checks the result:
   such an output float16);
 * the result must pass ``onnx.checker``'s full check (types included).
 
-Integer tensors (voxel coordinates and counts, BEV-pool ranks and intervals) are untouched; the
-custom nodes take float16 (their schemas allow T = float | float16; both kernels accumulate in
-float32).
+Integer tensors (voxel coordinates and counts, sparse rulebooks, BEV-pool ranks and intervals)
+are untouched; BevPool takes float16 (its schema allows T = float | float16; its kernel accumulates
+in float32), and the sparse convolutions' Gather and MatMul are TensorRT's own float16 layers.
 
 Ops kept in float32 (:data:`FP32_OPS`; the converter wraps them in Casts): ``Resize`` and
 ``Upsample`` (their ``roi``/``scales`` inputs are float32 by the ONNX schema), ``NonMaxSuppression``
@@ -41,7 +42,8 @@ FP32_OPS = ("Resize", "Upsample", "NonMaxSuppression", "Range", "CumSum")
 # default 1e4, which would alter representable constants).
 FP16_MAX = 65504.0
 # Output element types of the custom ops, in output order (ONNX TensorProto codes: 1 float, 6 int32).
-CUSTOM_OUTPUT_TYPES = {("fuller", "BevPool"): (1,), ("fuller", "SparseConv3d"): (1, 6, 6)}
+CUSTOM_OUTPUT_TYPES = {("fuller", "BevPool"): (1,), ("fuller", "SparseSites"): (6, 6),
+                       ("fuller", "SparseRulebook"): (6,)}
 
 
 def _name_nodes(graph) -> None:

@@ -1,6 +1,6 @@
 """What the TensorRT paths (engine build and runtime) need to know about the machine, without a CUDA
-toolkit, PyTorch or pycuda: whether TensorRT imports, which GPU the driver reports, and the fuller
-plugins registered."""
+toolkit or PyTorch: whether TensorRT imports, which GPU the driver reports, and the fuller plugins
+registered."""
 from __future__ import annotations
 
 import ctypes
@@ -9,8 +9,8 @@ import sys
 from fuller.errors import UserInputError
 from fuller.plugins import register_tensorrt_plugins
 
-TENSORRT_MISSING = ("TensorRT is not installed; install it from NVIDIA's index: pip install tensorrt "
-                    "(needs an NVIDIA GPU, CUDA 12)")
+TENSORRT_MISSING = ("TensorRT is not installed; install it from NVIDIA's index: pip install tensorrt-cu12 "
+                    "(fuller's vehicle extra pins the version; needs an NVIDIA GPU, CUDA 12)")
 
 
 def import_tensorrt():
@@ -52,8 +52,8 @@ def current_gpu() -> tuple[str, str]:
 
 
 def register_plugins() -> None:
-    """The fuller TensorRT plugins, registered for a build or a run; a missing kernel dependency is one
-    `UserInputError` that says what to install."""
+    """The fuller TensorRT plugins, registered for an engine build (a built engine runs without
+    them: they are ahead-of-time); an import failure is one `UserInputError` that says what is missing."""
     try:
         register_tensorrt_plugins()
     except ImportError as exc:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 from tqdm import tqdm
 
 from fuller.data import NuScenesDataset, Sample
@@ -19,7 +18,7 @@ from fuller.evaluation import Prediction, evaluate_split
 
 from .engine import Engine
 from .frame import Calibration
-from .parity import Comparison, format_parity, metric_deltas
+from .parity import BoxTolerance, Comparison, format_parity, metric_deltas
 
 
 def frames(dataset: NuScenesDataset, progress: bool = True,
@@ -40,7 +39,7 @@ def run_split(engines: list[Engine], dataset: NuScenesDataset, progress: bool = 
         for engine in engines:
             engine.update_calibration(calibration)
         feeds = lead.feeds(sample.images, sample.points)
-        outputs = [engine.backend.run(feeds) for engine in engines]
+        outputs = [engine.run(feeds) for engine in engines]
         for store, out in zip(predictions, outputs):
             store[token] = Prediction.from_outputs(out)
         if on_frame is not None:
@@ -67,11 +66,12 @@ class ParityReport:
 
 
 def run_parity(reference: Engine, other: Engine, data_root: str | Path, split: str, out: str | Path,
-               map_max_abs: float, box_tolerance: float, metric_points: float, progress: bool = True,
+               map_max_abs: float, box_tolerance: BoxTolerance, metric_points: float, progress: bool = True,
                pictures: int = 2, nusc=None) -> ParityReport:
     """Both engines over the split on the same inputs: the output comparison, both evaluations (each
     backend's results JSON, metrics and pictures in ``out/<backend name>``) and the thresholds'
-    verdict, also written to ``out/parity.json``."""
+    verdict, also written to ``out/parity.json``. ``box_tolerance`` bounds each matched box's
+    centre, size, yaw, velocity and score errors."""
     comparison = Comparison(reference.score_threshold)
     dataset = NuScenesDataset(reference.config, data_root, split, nusc=nusc)
     predictions = run_split([reference, other], dataset, progress,

@@ -2,18 +2,21 @@
 ``python export/build_engine.py --fp16``, ``fuller build-engine`` and the ROS 2 node's first start.
 
 Steps: register the ``fuller`` plugins, optionally cast the graph to float16 (`fp16.cast_to_fp16`),
-parse it with TensorRT's ONNX parser into a **strongly-typed** network (TensorRT 10 and 11: the
-graph's types are the engine's precision; 11 has no weakly-typed ``--fp16`` builder flag), give the
-dynamic BEV-pool geometry inputs an optimisation profile (1 to the frustum size the exporter wrote
-in the metadata), build with the requested workspace and timing cache, and write the engine with
-its sidecar record (`artifacts`). Everything but the build itself (metadata, profile shapes,
-sidecar, parser messages) is plain Python, importable and tested without TensorRT.
+lower the ops whose TensorRT form differs (`fuller.plugins.prepare_for_tensorrt`: a strided
+``SparseSites`` as two single-launch plugins), parse it with TensorRT's ONNX parser into a
+**strongly-typed** network (TensorRT 10 and 11: the graph's types are the engine's precision; 11
+has no weakly-typed ``--fp16`` builder flag) with TF32 off (`precision_flags`), give the dynamic
+BEV-pool geometry inputs an optimisation profile (0 to the frustum size the exporter wrote in the
+metadata), build with the requested workspace and timing cache, and write the engine with its
+sidecar record (`artifacts`). Everything but the build itself (metadata, profile shapes, precision
+flags, sidecar, parser messages) is plain Python, importable and tested without TensorRT.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from fuller.errors import UserInputError
+from fuller.plugins import prepare_for_tensorrt
 
 from . import contract
 from .artifacts import read_metadata, sidecar_record, write_sidecar
@@ -43,9 +46,11 @@ def _dims(value_info) -> list[int | None]:
 def profile_shapes(model, metadata: dict[str, str]
                    ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """(min, opt, max) shapes of the graph inputs that have dynamic dimensions. Only the BEV-pool
-    geometry inputs may (P points, I <= P intervals): their dynamic dimension ranges from 1 to the
+    geometry inputs may (P points, I <= P intervals): their dynamic dimension ranges from 0 to the
     frustum size recorded in the metadata (:func:`max_frustum_points`), tuned for that size; static
-    dimensions keep their recorded value."""
+    dimensions keep their recorded value. The minimum is 0 because a calibration whose frustum has
+    no point in the grid is legal (plugins/bev_pool/SPEC.md: the camera BEV is zeros) and TensorRT
+    takes empty tensors (a dimension of length 0) as inputs."""
     initializers = {init.name for init in model.graph.initializer}
     shapes = {}
     for value_info in model.graph.input:
@@ -60,8 +65,17 @@ def profile_shapes(model, metadata: dict[str, str]
                                  f"{[d if d is not None else '?' for d in dims]}")
         max_points = max_frustum_points(metadata)
         shapes[value_info.name] = tuple(tuple(d if d is not None else n for d in dims)
-                                        for n in (1, max_points, max_points))
+                                        for n in (0, max_points, max_points))
     return shapes
+
+
+def precision_flags(fp16: bool) -> dict[str, bool]:
+    """What decides the engine's arithmetic, recorded in its sidecar: the network is strongly typed
+    (the graph's types are the engine's), the graph was cast to float16 or not, and TF32 is off.
+    TensorRT enables TF32 by default, which rounds float32 convolution and matrix-multiply inputs to
+    10-bit mantissas: a float32 engine would then miss the float32 parity thresholds, and the float32
+    islands of a float16 graph are float32 for accuracy."""
+    return {"strongly_typed": True, "fp16": fp16, "tf32": False}
 
 
 def format_parser_errors(parser) -> str:
@@ -75,9 +89,10 @@ def format_parser_errors(parser) -> str:
     return "; ".join(messages) if messages else "no error details"
 
 
-def _build_serialized(trt, model, shapes: dict, onnx_path: Path, workspace_gib: float, timing_cache: Path | None,
-                      verbose: bool) -> bytes:
-    """The TensorRT part: parse into a strongly-typed network, profile, workspace, timing cache, build."""
+def _build_serialized(trt, model, shapes: dict, flags: dict[str, bool], onnx_path: Path, workspace_gib: float,
+                      timing_cache: Path | None, verbose: bool) -> bytes:
+    """The TensorRT part: parse into a strongly-typed network, precision flags, profile, workspace,
+    timing cache, build."""
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     try:
         builder = trt.Builder(logger)
@@ -89,6 +104,8 @@ def _build_serialized(trt, model, shapes: dict, onnx_path: Path, workspace_gib: 
         raise UserInputError(f"TensorRT's ONNX parser rejected {onnx_path}: {format_parser_errors(parser)}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if not flags["tf32"]:  # on by default
+        config.clear_flag(trt.BuilderFlag.TF32)
     if shapes:
         profile = builder.create_optimization_profile()
         for name, (low, opt, high) in shapes.items():
@@ -133,11 +150,13 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, *, fp16: 
             model = cast_to_fp16(model)
         except ValueError as exc:
             raise UserInputError(str(exc)) from exc
-    engine = _build_serialized(trt, model, shapes, onnx_path, workspace_gib,
+    model, _ = prepare_for_tensorrt(model)  # after the checks above: the lowered nodes have no ONNX schema
+    flags = precision_flags(fp16)
+    engine = _build_serialized(trt, model, shapes, flags, onnx_path, workspace_gib,
                                None if timing_cache is None else Path(timing_cache), verbose)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(engine)
     write_sidecar(out, sidecar_record(tensorrt_version=trt.__version__, gpu_name=gpu_name,
                                       compute_capability=capability, precision="fp16" if fp16 else "fp32",
-                                      metadata=metadata, onnx_bytes=onnx_bytes))
+                                      precision_flags=flags, metadata=metadata, onnx_bytes=onnx_bytes))
     return out

@@ -4,8 +4,9 @@
 runtime's names), run through `run_graph`, the PyTorch backend's path too: the camera
 branch runs as trained (its BEV pooling is already ``torch.ops.fuller.bev_pool``), the LiDAR branch
 is the folded `ExportSparseEncoder`, and fuser, decoder and heads are the trained modules. The
-TorchScript exporter traces it once; the two custom ops become ``fuller::BevPool`` and
-``fuller::SparseConv3d`` nodes through their symbolics, and the config goes into the metadata.
+TorchScript exporter traces it once; the custom ops become ``fuller::BevPool``,
+``fuller::SparseSites`` and ``fuller::SparseRulebook`` nodes through their symbolics, and the
+config goes into the metadata.
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def example_inputs(cfg: FullerConfig, module: ExportModule, seed: int = 0) -> tu
     if "lidar" in module.modalities:
         nx, ny, nz = g.sparse_shape
         count = min(64, g.max_voxels)
-        keys = rng.choice(nx * ny * nz, count, replace=False)
+        keys = np.sort(rng.choice(nx * ny * nz, count, replace=False))  # the voxeliser's key order
         coords = np.full((g.max_voxels, 4), -1, np.int32)
         coords[:count, 1], rest = keys // (ny * nz), keys % (ny * nz)
         coords[:count, 2], coords[:count, 3] = rest // nz, rest % nz

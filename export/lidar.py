@@ -1,11 +1,12 @@
-"""The trained spconv encoder as a chain of ``fuller::SparseConv3d`` nodes.
+"""The trained spconv encoder as index ops plus standard ONNX (plugins/sparse_conv/SPEC.md).
 
-Each spconv block (conv, BatchNorm, ReLU) becomes one op with the BatchNorm folded into the filter
-and bias (eval statistics), followed by a standard Relu. Sparse tensors are fixed-capacity row
-lists with a count; each strided layer gets the capacity that can never overflow
-(`rulebook.capacity`), so the exported encoder drops nothing that spconv keeps. The final scatter
-into the dense BEV is standard ONNX (ScatterND into a grid with one spare row that takes the
-padding rows), so it needs no plugin.
+Each spconv block (conv, BatchNorm, ReLU) becomes a Gather of each site's neighbourhood, one MatMul
+with the filter that has the BatchNorm folded in (eval statistics), an Add of the folded bias and a
+Relu; only the sites and the rulebook are custom nodes (``fuller::SparseSites``,
+``fuller::SparseRulebook``). Sparse tensors hold only valid rows, a data-dependent count; each
+strided layer's sites are bounded by the capacity that can never overflow (`rulebook.capacity`),
+so the exported encoder drops nothing that spconv keeps. The final scatter into the dense BEV is
+standard ONNX (ScatterND), so it needs no plugin.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import spconv.pytorch as spconv
 import torch
 from torch import nn
 
-import fuller.plugins.sparse_conv.torch_op  # noqa: F401  (registers torch.ops.fuller.sparse_conv3d)
+import fuller.plugins.sparse_conv.torch_op  # noqa: F401  (registers torch.ops.fuller.sparse_sites / sparse_rulebook)
 from fuller.errors import UserInputError
 from fuller.plugins.sparse_conv.reference import ConvGeometry
 from fuller.plugins.sparse_conv.rulebook import capacity
@@ -36,7 +37,7 @@ def _fold(block: spconv.SparseSequential) -> tuple[nn.Module, torch.Tensor, torc
     conv, norm = block[0], block[1]
     if not isinstance(norm, nn.BatchNorm1d):
         raise ExportError(f"LiDAR encoder: {type(norm).__name__} normalises over a sample's voxels and cannot be "
-                          "folded into fuller::SparseConv3d; export supports models trained with model.norm=bn")
+                          "folded into the exported filter; export supports models trained with model.norm=bn")
     scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
     weight = conv.weight.permute(1, 2, 3, 4, 0) * scale  # spconv (out, kx, ky, kz, in) -> (kx, ky, kz, in, out)
     bias = norm.bias - norm.running_mean * scale
@@ -46,11 +47,19 @@ def _fold(block: spconv.SparseSequential) -> tuple[nn.Module, torch.Tensor, torc
 
 
 class ExportSparseEncoder(nn.Module):
-    """(voxel_features (V, 5), voxel_coords (V, 4) int32, voxel_count (1,) int32) -> (1, C, nx, ny)."""
+    """(voxel_features (V, 5), voxel_coords (V, 4) int32 sorted by key, voxel_count (1,) int32) ->
+    (1, C, nx, ny), each layer as plugins/sparse_conv/SPEC.md composes it: index ops for the sites
+    and the rulebook, standard Gather + MatMul + Add + Relu for the convolution.
+
+    The padded voxel list is compacted by the first level's ``SparseSites`` (subm), so every later
+    tensor holds only valid rows. A rulebook depends on the input sites, the output sites and the
+    kernel geometry; layers that share all three (spconv's ``indice_key``: a stage's submanifold
+    layers) share one. The first layer reads the padded list, so its rulebook is the level's own."""
 
     def __init__(self, encoder: SparseEncoder, max_voxels: int) -> None:
         super().__init__()
         self.geometries: list[ConvGeometry] = []
+        self.in_channels: list[int] = []  # Python ints, so the zero rows trace as constants
         shape, rows = tuple(encoder.sparse_shape), int(max_voxels)
         for i, block in enumerate(_blocks(encoder)):
             conv, weight, bias = _fold(block)
@@ -58,8 +67,9 @@ class ExportSparseEncoder(nn.Module):
             geom = ConvGeometry(tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding), shape, subm, rows)
             geom = ConvGeometry(geom.kernel, geom.stride, geom.padding, shape, subm, capacity(rows, geom, 1))
             self.geometries.append(geom)
-            self.register_buffer(f"weight{i}", weight)
+            self.register_buffer(f"weight{i}", weight.reshape(geom.taps * weight.shape[3], weight.shape[4]))
             self.register_buffer(f"bias{i}", bias)
+            self.in_channels.append(int(weight.shape[3]))
             shape, rows = geom.out_shape, geom.out_capacity
         self.out_shape = shape  # (nx, ny, nz) of the last layer
         self.bev_window = encoder.bev_window
@@ -69,21 +79,37 @@ class ExportSparseEncoder(nn.Module):
         return [g.out_capacity for g in self.geometries]
 
     def forward(self, features: torch.Tensor, coords: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        rulebooks: dict[tuple, torch.Tensor] = {}
+        level = 0  # which site list ``coords`` is: 0 the padded input, then one per new list of sites
         for i, g in enumerate(self.geometries):
-            features, coords, count = torch.ops.fuller.sparse_conv3d(
-                features, coords, count, getattr(self, f"weight{i}"), getattr(self, f"bias{i}"),
-                list(g.kernel), list(g.stride), list(g.padding), list(g.shape), g.subm, g.out_capacity)
-            features = torch.relu(features)
-        return self._to_bev(features, coords, count)
+            attrs = (list(g.kernel), list(g.stride), list(g.padding), list(g.shape))
+            if g.subm and level > 0:
+                sites, sites_count, out_level = coords, count, level
+            else:
+                sites, sites_count = torch.ops.fuller.sparse_sites(coords, count, *attrs, g.subm, g.out_capacity)
+                out_level = level + 1
+            key = (level, out_level, g.kernel, g.stride, g.padding)
+            if key not in rulebooks:
+                rulebooks[key] = torch.ops.fuller.sparse_rulebook(coords, count, sites, *attrs)
+            features = self._conv(features, rulebooks[key], getattr(self, f"weight{i}"), getattr(self, f"bias{i}"),
+                                  self.in_channels[i])
+            coords, count, level = sites, sites_count, out_level
+        return self._to_bev(features, coords)
 
-    def _to_bev(self, features: torch.Tensor, coords: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        """Rows (b = 0, ix, iy, iz) into (1, C * nz, nx, ny), channel ``c * nz + z`` as in training."""
+    @staticmethod
+    def _conv(features: torch.Tensor, neighbours: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+              in_channels: int) -> torch.Tensor:
+        """Each site's neighbourhood (row N, a zero row, where a tap has no neighbour) times the
+        (taps * Cin, Cout) filter: one GEMM per layer."""
+        rows = torch.cat([features, features.new_zeros(1, in_channels)])
+        gathered = torch.index_select(rows, 0, neighbours.reshape(-1)).reshape(-1, weight.shape[0])
+        return torch.relu(gathered @ weight + bias)
+
+    def _to_bev(self, features: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """Rows (b = 0, ix, iy, iz), all valid, into (1, C * nz, nx, ny), channel ``c * nz + z`` as in training."""
         nx, ny, nz = self.out_shape
-        rows, c = features.shape
-        cells = nz * nx * ny
-        valid = torch.arange(rows, dtype=torch.int32) < count
-        index = coords[:, 3] * (nx * ny) + coords[:, 1] * ny + coords[:, 2]
-        index = torch.where(valid, index, torch.full_like(index, cells)).long()
-        dense = features.new_zeros(cells + 1, c).index_put((index,), features)
-        bev = dense[:cells].reshape(nz, nx, ny, c).permute(3, 0, 1, 2).reshape(1, c * nz, nx, ny)
+        c = features.shape[1]
+        index = (coords[:, 3] * (nx * ny) + coords[:, 1] * ny + coords[:, 2]).long()
+        dense = features.new_zeros(nz * nx * ny, c).index_put((index,), features)
+        bev = dense.reshape(nz, nx, ny, c).permute(3, 0, 1, 2).reshape(1, c * nz, nx, ny)
         return bev[..., self.bev_window[0], self.bev_window[1]]

@@ -9,10 +9,13 @@ BEVFusion so that a model trained here sees the voxels it would see there:
 * Its voxel is ``floor((p - min) / voxel_size)`` per axis, in float64, clamped to the last cell so
   that a point kept by the range test always has a valid index: coords are (ix, iy, iz), the
   project's axis order (fuller/config.py), with ix growing with x.
-* Voxels are numbered in the order their first point appears in the input; only the first
+* Voxels are counted in the order their first point appears in the input; only the first
   ``geometry.max_voxels`` of them are kept. Each keeps its first ``geometry.max_points_per_voxel``
   points (input order) and its feature is their mean, over every point column (x, y, z,
   intensity, dt), as BEVFusion's ``HardSimpleVFE`` does.
+* The kept voxels are listed by key ``(ix * Y + iy) * Z + iz``: the exported sparse encoder's
+  index ops find neighbours by binary search over sorted sites (plugins/sparse_conv/SPEC.md), and
+  spconv's result does not depend on the order.
 
 Clipping by ``max_voxels`` loses data silently in BEVFusion; here each :class:`Voxels` counts what
 was cut and :class:`Voxelizer` logs it, so a config whose ``max_voxels`` is too small shows up in
@@ -35,7 +38,7 @@ WARN_EVERY = 100
 
 @dataclass
 class Voxels:
-    """The voxels of one point cloud, in order of first appearance of each voxel in the input."""
+    """The voxels of one point cloud, sorted by key (the ``max_voxels`` cut is by first appearance)."""
 
     features: np.ndarray  # (V, F) float32: mean of the kept points of each voxel, all F columns
     coords: np.ndarray  # (V, 3) int32: (ix, iy, iz)
@@ -92,7 +95,7 @@ def voxelize(points: np.ndarray, geometry: GeometryConfig) -> Voxels:
 
     appearance = np.argsort(first_seen)  # voxel groups in order of first appearance
     max_voxels = geometry.max_voxels
-    selected = appearance[:max_voxels]
+    selected = np.sort(appearance[:max_voxels])  # voxel groups are numbered in key order
     dropped_voxels = max(0, len(starts) - max_voxels)
     dropped_points = int(counts[appearance[max_voxels:]].sum())
 

@@ -36,6 +36,34 @@ def random_case(seed: int, bn=4, d=5, h=3, w=4, c=6, bev=(2, 5, 6), points=300):
     return depth, feat, (ranks_depth, ranks_feat, ranks_bev, starts, lengths), list(bev)
 
 
+def long_sum_case(seed: int, points: int = 8192, c: int = 8, bev=(1, 4, 4), short_cells=(1, 2, 9, 14),
+                  short: int = 200):
+    """One cell (5) pooling ``points`` positive products (0.25 to 1.5, about 6000 in all) and
+    ``short`` points over a few other cells. A half-precision accumulator cannot hold that sum:
+    past 4096 float16's step is 4 and past 512 bfloat16's is 4, so every later increment rounds
+    away and the sum stops there. All terms are positive, so accumulated in float32 each output is
+    the exact sum within float32's error (1e-5 relative here; 5e-4 at worst) and one rounding to
+    the half type: within that type's epsilon."""
+    rng = np.random.default_rng(seed)
+    bn, d, h, w = 2, 4, 4, 4
+    ranks_bev = np.sort(np.r_[np.full(points, 5), rng.choice(short_cells, short)])
+    starts = np.flatnonzero(np.r_[True, ranks_bev[1:] != ranks_bev[:-1]])
+    lengths = np.diff(np.r_[starts, ranks_bev.size])
+    ranks_feat = rng.integers(0, bn * h * w, ranks_bev.size)
+    ranks_depth = rng.integers(0, bn * d * h * w, ranks_bev.size)
+    depth = rng.uniform(0.5, 1.0, (bn, d, h, w))
+    feat = rng.uniform(0.5, 1.5, (bn, h, w, c))
+    return depth, feat, (ranks_depth, ranks_feat, ranks_bev, starts, lengths), list(bev)
+
+
+def assert_float32_accumulation(got: np.ndarray, want: np.ndarray, eps: float) -> None:
+    """``got`` (a half-precision result of `long_sum_case`) within ``eps`` of the float64 ``want``,
+    relative to each element, empty cells exactly zero."""
+    assert want.max() > 5000
+    np.testing.assert_array_equal(got[want == 0], 0)
+    np.testing.assert_allclose(got, want, rtol=eps, atol=0)
+
+
 def as_torch(ranks):
     return tuple(torch.from_numpy(np.ascontiguousarray(r, dtype=np.int64)) for r in ranks)
 
@@ -112,13 +140,13 @@ def test_int32_indices_as_in_the_exported_graph(path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_accumulates_in_float32(dtype):
-    depth, feat, ranks, bev = random_case(5, points=2000)  # long runs: fp16 accumulation would drift
+def test_half_precision_accumulates_in_float32(path, dtype):
+    depth, feat, ranks, bev = long_sum_case(5)
     d, f = torch.tensor(depth, dtype=dtype), torch.tensor(feat, dtype=dtype)
     out = torch.ops.fuller.bev_pool(d, f, *as_torch(ranks), bev)
     assert out.dtype == dtype
     want = bev_pool_reference(d.double().numpy(), f.double().numpy(), *ranks, bev)
-    np.testing.assert_allclose(out.double().numpy(), want, rtol=1e-2, atol=1e-2 * np.abs(want).max())
+    assert_float32_accumulation(out.double().numpy(), want, torch.finfo(dtype).eps)
 
 
 def test_float32_depth_with_bfloat16_context_as_cuda_autocast_makes_them(path):
@@ -409,9 +437,17 @@ def test_numpy_kernel_matches_reference(seed):
     got = bev_pool_numpy(depth.astype(np.float32), feat.astype(np.float32), *_int32(ranks), bev)
     assert got.dtype == np.float32 and got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    half = bev_pool_numpy(depth.astype(np.float16), feat.astype(np.float16), *_int32(ranks), bev)
-    assert half.dtype == np.float16
-    np.testing.assert_allclose(half.astype(np.float64), want, rtol=5e-3, atol=5e-3)
+
+
+def test_numpy_kernel_float16_accumulates_in_float32():
+    from fuller.plugins.bev_pool.numpy_kernel import bev_pool_numpy
+
+    depth, feat, ranks, bev = long_sum_case(6)
+    depth16, feat16 = depth.astype(np.float16), feat.astype(np.float16)
+    got = bev_pool_numpy(depth16, feat16, *_int32(ranks), bev)
+    assert got.dtype == np.float16
+    want = bev_pool_reference(depth16.astype(np.float64), feat16.astype(np.float64), *ranks, bev)
+    assert_float32_accumulation(got.astype(np.float64), want, float(np.finfo(np.float16).eps))
 
 
 def test_numpy_kernel_checks_the_contract():

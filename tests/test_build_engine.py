@@ -1,7 +1,7 @@
 """export/build_engine.py: the script's failure without TensorRT, its arguments, the ONNX metadata and
 profile it reads, the sidecar and its mismatch errors; and, where TensorRT, a GPU and Triton are
-present, an engine built from a graph with both fuller plugins, run and compared with the float64
-references."""
+present, an engine built from a graph with every fuller plugin, run and compared with the float64
+references (the same graph runs in ONNX Runtime everywhere)."""
 from __future__ import annotations
 
 import hashlib
@@ -87,7 +87,7 @@ def test_metadata_and_profile_shapes():
     assert tensorrt_build.max_frustum_points(metadata) == 1234
     shapes = tensorrt_build.profile_shapes(model, metadata)
     assert set(shapes) == set(GEOMETRY_INPUTS)
-    assert all(shape == ((1,), (1234,), (1234,)) for shape in shapes.values())
+    assert all(shape == ((0,), (1234,), (1234,)) for shape in shapes.values())  # 0: no frustum point in the grid
 
 
 @pytest.mark.parametrize("value", [None, "many", "0"])
@@ -112,7 +112,8 @@ def record(tmp_path, **changes) -> tuple[Path, dict]:
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"engine")
     fields = dict(tensorrt_version="10.13.0.35", gpu_name="NVIDIA H200", compute_capability="9.0", precision="fp16",
-                  metadata={META_CONFIG_HASH: "abc123"}, onnx_bytes=b"onnx bytes")
+                  precision_flags=tensorrt_build.precision_flags(True), metadata={META_CONFIG_HASH: "abc123"},
+                  onnx_bytes=b"onnx bytes")
     fields.update(changes)
     rec = artifacts.sidecar_record(**fields)
     artifacts.write_sidecar(engine, rec)
@@ -206,9 +207,15 @@ def _tensorrt_ready() -> str | None:
 needs_tensorrt = pytest.mark.skipif(_tensorrt_ready() is not None, reason=_tensorrt_ready() or "")
 
 
+SPARSE_SHAPE, SPARSE_ROWS, SPARSE_SITES = (6, 5, 4), 30, 24
+
+
 def plugin_model(path: Path, rng) -> dict[str, np.ndarray]:
-    """A graph of one BevPool node (ahead-of-time plugin) feeding a Relu and one SparseConv3d node
-    (just-in-time plugin), written to ``path`` with the exporter's metadata; returns its feeds."""
+    """A graph with every fuller plugin: one BevPool node feeding a Relu, and one submanifold sparse
+    layer as the exporter writes it (SparseSites, SparseRulebook, then Concat, Gather, Reshape,
+    MatMul, Add) whose data-dependent rows are scattered into a dense (cells, 16) grid, so the
+    graph's outputs have static shapes as the network's do. Written to ``path`` with the
+    exporter's metadata; returns its feeds."""
     bn, d, h, w, c, bev = 2, 4, 3, 5, 8, (1, 6, 7)
     cells = rng.choice(int(np.prod(bev)), 20, replace=False)
     ranks_bev = np.sort(rng.choice(cells, 200)).astype(np.int32)
@@ -218,38 +225,94 @@ def plugin_model(path: Path, rng) -> dict[str, np.ndarray]:
              "ranks_depth": rng.integers(0, bn * d * h * w, 200).astype(np.int32),
              "ranks_feat": rng.integers(0, bn * h * w, 200).astype(np.int32), "ranks_bev": ranks_bev,
              "interval_starts": starts, "interval_lengths": np.diff(np.r_[starts, 200]).astype(np.int32)}
-    n, shape = 30, (6, 5, 4)
-    keys = rng.choice(int(np.prod(shape)), 24, replace=False)
+    n, shape, m = SPARSE_ROWS, SPARSE_SHAPE, SPARSE_SITES
+    keys = np.sort(rng.choice(int(np.prod(shape)), m, replace=False))  # key order, as the voxeliser lists them
     coords = np.full((n, 4), -1, np.int32)
-    coords[:24, 1], rest = np.divmod(keys, shape[1] * shape[2])
-    coords[:24, 2], coords[:24, 3] = np.divmod(rest, shape[2])
-    coords[:24, 0] = 0
+    coords[:m, 1], rest = np.divmod(keys, shape[1] * shape[2])
+    coords[:m, 2], coords[:m, 3] = np.divmod(rest, shape[2])
+    coords[:m, 0] = 0
     feeds.update({"voxel_features": rng.standard_normal((n, 5)).astype(np.float32), "voxel_coords": coords,
-                  "voxel_count": np.array([24], np.int32)})
-    weight = onnx.numpy_helper.from_array(rng.standard_normal((3, 3, 3, 5, 16)).astype(np.float32), "sp_weight")
-    bias = onnx.numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "sp_bias")
-    conv_attributes = ConvGeometry((3, 3, 3), (1, 1, 1), (1, 1, 1), shape, True, n).attributes()
+                  "voxel_count": np.array([m], np.int32)})
+    geom = ConvGeometry((3, 3, 3), (1, 1, 1), (1, 1, 1), shape, True, n)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((27 * 5, 16)).astype(np.float32), "sp_weight"),
+             onnx.numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "sp_bias"),
+             onnx.numpy_helper.from_array(np.zeros((1, 5), np.float32), "zero_row"),
+             onnx.numpy_helper.from_array(np.array([-1, 27 * 5], np.int64), "flat_shape"),
+             *(onnx.numpy_helper.from_array(np.array(v, np.int32), name) for name, v in
+               (("col_x", 1), ("col_y", 2), ("col_z", 3), ("stride_x", shape[1] * shape[2]), ("stride_y", shape[2]))),
+             onnx.numpy_helper.from_array(np.array([1], np.int64), "last_axis"),
+             onnx.numpy_helper.from_array(np.zeros((int(np.prod(shape)), 16), np.float32), "empty_grid")]
     nodes = [
         helper.make_node("BevPool", ["depth", "feat", *GEOMETRY_INPUTS], ["pooled"], domain="fuller", name="pool",
                          batch_size=bev[0], grid_x=bev[1], grid_y=bev[2], plugin_namespace="fuller", aot=1),
         helper.make_node("Relu", ["pooled"], ["bev"], name="relu"),
-        helper.make_node("SparseConv3d", ["voxel_features", "voxel_coords", "voxel_count", "sp_weight", "sp_bias"],
-                         ["sp_features", "sp_coords", "sp_count"], domain="fuller", name="conv",
-                         plugin_namespace="fuller", aot=0, **conv_attributes),
+        helper.make_node("SparseSites", ["voxel_coords", "voxel_count"], ["sites", "sites_count"], domain="fuller",
+                         name="sites", plugin_namespace="fuller", aot=1, **geom.attributes()),
+        helper.make_node("SparseRulebook", ["voxel_coords", "voxel_count", "sites"], ["neighbours"],
+                         domain="fuller", name="rulebook", plugin_namespace="fuller", aot=1,
+                         **geom.attributes(sites=False)),
+        helper.make_node("Concat", ["voxel_features", "zero_row"], ["rows"], name="rows", axis=0),
+        helper.make_node("Gather", ["rows", "neighbours"], ["gathered"], name="gather", axis=0),
+        helper.make_node("Reshape", ["gathered", "flat_shape"], ["flat"], name="flat"),
+        helper.make_node("MatMul", ["flat", "sp_weight"], ["product"], name="matmul"),
+        helper.make_node("Add", ["product", "sp_bias"], ["sp_rows"], name="bias"),
+        *(helper.make_node("Gather", ["sites", f"col_{a}"], [a], name=f"site_{a}", axis=1) for a in "xyz"),
+        helper.make_node("Mul", ["x", "stride_x"], ["x_part"], name="x_part"),
+        helper.make_node("Mul", ["y", "stride_y"], ["y_part"], name="y_part"),
+        helper.make_node("Add", ["x_part", "y_part"], ["xy_part"], name="xy_part"),
+        helper.make_node("Add", ["xy_part", "z"], ["cell"], name="cell"),
+        helper.make_node("Cast", ["cell"], ["cell64"], name="cell64", to=TensorProto.INT64),
+        helper.make_node("Unsqueeze", ["cell64", "last_axis"], ["cell_index"], name="cell_index"),
+        helper.make_node("ScatterND", ["empty_grid", "cell_index", "sp_rows"], ["sp_grid"], name="scatter"),
     ]
     types = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32}
     inputs = [helper.make_tensor_value_info(k, types[v.dtype], ["points"] if k.startswith("ranks") else
                                             ["intervals"] if k.startswith("interval") else list(v.shape))
               for k, v in feeds.items()]
     outputs = [helper.make_tensor_value_info("bev", TensorProto.FLOAT, [bev[0], c, bev[1], bev[2]]),
-               helper.make_tensor_value_info("sp_features", TensorProto.FLOAT, [n, 16]),
-               helper.make_tensor_value_info("sp_coords", TensorProto.INT32, [n, 4]),
-               helper.make_tensor_value_info("sp_count", TensorProto.INT32, [1])]
-    model = helper.make_model(helper.make_graph(nodes, "plugins", inputs, outputs, [weight, bias]),
+               helper.make_tensor_value_info("sp_grid", TensorProto.FLOAT, [int(np.prod(shape)), 16])]
+    model = helper.make_model(helper.make_graph(nodes, "plugins", inputs, outputs, inits),
                               opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("fuller", 1)])
     helper.set_model_props(model, {META_MAX_POINTS: "400", META_CONFIG_HASH: "test"})
     onnx.save(model, path)
     return feeds
+
+
+def plugin_model_references(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The plugin graph's outputs from the float64 references: BEV pooling, and the sparse layer
+    scattered into its grid (cell ``(x * Y + y) * Z + z``)."""
+    from fuller.plugins.bev_pool.reference import bev_pool_reference
+    from fuller.plugins.sparse_conv.reference import sparse_conv3d_reference
+
+    arrays = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
+    ranks = [feeds[name] for name in GEOMETRY_INPUTS]
+    geom = ConvGeometry((3, 3, 3), (1, 1, 1), (1, 1, 1), SPARSE_SHAPE, True, SPARSE_ROWS)
+    weight = arrays["sp_weight"].reshape(3, 3, 3, 5, 16)
+    out, coords, count = sparse_conv3d_reference(feeds["voxel_features"], feeds["voxel_coords"], feeds["voxel_count"],
+                                                 weight, arrays["sp_bias"], geom)
+    grid = np.zeros((int(np.prod(SPARSE_SHAPE)), 16))
+    m = int(count[0])
+    _, y, z = SPARSE_SHAPE
+    grid[(coords[:m, 1] * y + coords[:m, 2]) * z + coords[:m, 3]] = out[:m]
+    return {"bev": np.maximum(bev_pool_reference(feeds["depth"], feeds["feat"], *ranks, [1, 6, 7]), 0),
+            "sp_grid": grid}
+
+
+def test_plugin_model_runs_in_onnxruntime(tmp_path):
+    """The graph the TensorRT test builds is valid ONNX that computes what the references say (here
+    in ONNX Runtime with the fuller CPU kernels), so a TensorRT failure on it is TensorRT's."""
+    import onnxruntime
+
+    from fuller.plugins import ort_session_options, register_onnx_schemas
+
+    path = tmp_path / "plugins.onnx"
+    feeds = plugin_model(path, np.random.default_rng(0))
+    register_onnx_schemas()
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    session = onnxruntime.InferenceSession(str(path), ort_session_options(), providers=["CPUExecutionProvider"])
+    got = dict(zip(["bev", "sp_grid"], session.run(["bev", "sp_grid"], feeds)))
+    for name, want in plugin_model_references(path, feeds).items():
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 @needs_tensorrt
@@ -259,10 +322,6 @@ def test_engine_build_and_run(tmp_path, fp16):
     import tensorrt as trt
     import torch
 
-    from fuller.plugins.bev_pool.reference import bev_pool_reference
-    from fuller.plugins.sparse_conv.reference import sparse_conv3d_reference
-    from fuller.plugins.sparse_conv.trt_plugin import register as register_sparse_conv
-
     onnx_path, engine_path = tmp_path / "plugins.onnx", tmp_path / "plugins.engine"
     feeds = plugin_model(onnx_path, np.random.default_rng(0))
     argv = ["--onnx", str(onnx_path), "--out", str(engine_path), "--timing-cache", str(tmp_path / "timing.cache")]
@@ -271,7 +330,7 @@ def test_engine_build_and_run(tmp_path, fp16):
     assert artifacts.check_sidecar(engine_path, trt.__version__, gpu_name)["precision"] == ("fp16" if fp16 else "fp32")
     assert (tmp_path / "timing.cache").stat().st_size > 0
 
-    register_sparse_conv()  # the just-in-time plugin's Python must be registered before deserialising
+    nvidia.register_plugins()
     logger = trt.Logger(trt.Logger.WARNING)
     engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
     context = engine.create_execution_context()
@@ -279,24 +338,12 @@ def test_engine_build_and_run(tmp_path, fp16):
     for name, tensor in tensors.items():
         context.set_input_shape(name, tuple(tensor.shape))
         context.set_tensor_address(name, tensor.data_ptr())
-    dtypes = {trt.float32: torch.float32, trt.int32: torch.int32}
-    for name in ("bev", "sp_features", "sp_coords", "sp_count"):
-        tensors[name] = torch.empty(tuple(context.get_tensor_shape(name)),
-                                    dtype=dtypes[engine.get_tensor_dtype(name)], device="cuda")
+    for name in ("bev", "sp_grid"):
+        tensors[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=torch.float32, device="cuda")
         context.set_tensor_address(name, tensors[name].data_ptr())
     assert context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
     torch.cuda.synchronize()
 
-    ranks = [feeds[name] for name in GEOMETRY_INPUTS]
-    want_bev = np.maximum(bev_pool_reference(feeds["depth"], feeds["feat"], *ranks, [1, 6, 7]), 0)
-    geom = ConvGeometry((3, 3, 3), (1, 1, 1), (1, 1, 1), (6, 5, 4), True, 30)
-    sp_weight = onnx.numpy_helper.to_array(onnx.load(onnx_path).graph.initializer[0])
-    sp_bias = onnx.numpy_helper.to_array(onnx.load(onnx_path).graph.initializer[1])
-    want_sp, want_coords, want_count = sparse_conv3d_reference(feeds["voxel_features"], feeds["voxel_coords"],
-                                                               feeds["voxel_count"], sp_weight, sp_bias, geom)
     tol = 2e-2 if fp16 else 1e-4  # float16 weights and activations vs float64; float32 throughout
-    np.testing.assert_allclose(tensors["bev"].cpu().numpy(), want_bev, rtol=tol, atol=tol * np.abs(want_bev).max())
-    np.testing.assert_allclose(tensors["sp_features"].cpu().numpy(), want_sp, rtol=tol,
-                               atol=tol * np.abs(want_sp).max())
-    np.testing.assert_array_equal(tensors["sp_coords"].cpu().numpy(), want_coords)
-    assert tensors["sp_count"].cpu().tolist() == want_count.tolist()
+    for name, want in plugin_model_references(onnx_path, feeds).items():
+        np.testing.assert_allclose(tensors[name].cpu().numpy(), want, rtol=tol, atol=tol * np.abs(want).max())

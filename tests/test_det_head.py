@@ -16,7 +16,6 @@ from fuller.train.model.losses import gaussian_focal_loss
 IN_CHANNELS = 8
 # 64 x 48 cells of 0.8 m: small for speed, and not square, so a swapped x/y axis cannot pass.
 SMALL_GRID = ("geometry.det_grid.x_range=[-25.6,25.6]", "geometry.det_grid.y_range=[-19.2,19.2]")
-TRT_OPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tensorrt_onnx_ops.txt"
 
 
 def small_cfg(*overrides: str):
@@ -352,12 +351,11 @@ def test_decode_exports_to_onnx_and_matches_onnxruntime(exported):
 
 
 def test_exported_decode_uses_only_tensorrt_parser_ops(exported):
-    if not TRT_OPS.is_file():
-        pytest.skip(f"{TRT_OPS} (the TensorRT ONNX op list) is not present")
     import onnx
 
-    path, _, _ = exported
+    from fuller.export.tensorrt_ops import tensorrt_onnx_ops
 
-    allowed = {op for line in TRT_OPS.read_text().splitlines() if not line.startswith("#") for op in line.split()}
+    path, _, _ = exported
+    allowed = tensorrt_onnx_ops()
     used = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert used <= allowed, f"ops TensorRT's parser lacks: {sorted(used - allowed)}"

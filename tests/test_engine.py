@@ -143,13 +143,18 @@ def test_unknown_artefact_is_named(tmp_path):
 @pytest.mark.slow
 def test_parity_cli_passes_and_fails_on_a_tight_threshold(small_checkpoint, small_onnx, synth_root, tmp_path, capsys):
     """PyTorch vs ONNX Runtime over mini_val, scored by the devkit: ΔmAP, ΔNDS, ΔmIoU within 0.1
-    points. A zero map tolerance must fail (the backends differ by float rounding), so the check can."""
+    points; every box attribute within its float32 bound. A zero map tolerance must fail (the
+    backends differ by float rounding), so the check can."""
     from fuller.cli import main
+    from fuller.engine.parity import BOX_ATTRIBUTES
 
     assert main(["parity", "--checkpoint", str(small_checkpoint), "--model", str(small_onnx), "--data", synth_root,
                  "--split", "mini_val", "--out", str(tmp_path / "p")]) == 0
     record = json.loads((tmp_path / "p" / "parity.json").read_text())
     assert set(record["metric_deltas_points"]) == {"mAP", "NDS", "mIoU"}
+    assert record["boxes"]["checked"] > 0 and record["boxes"]["label_mismatches"] == 0
+    for name in BOX_ATTRIBUTES:
+        assert record["boxes"][name]["max_abs_error"] <= record["boxes"][name]["tolerance"], name
     assert all(abs(v) <= 0.1 for v in record["metric_deltas_points"].values())
     for backend in ("pytorch", "onnxruntime"):
         assert (tmp_path / "p" / backend / "metrics.json").is_file()
@@ -181,46 +186,24 @@ def test_infer_and_bench_cli(small_checkpoint, small_onnx, synth_root, tmp_path,
 def test_tensorrt_engine_matches_pytorch(small_checkpoint, small_onnx, synth_root, nusc, tmp_path, fp16):
     """The whole network as a TensorRT engine against PyTorch, on the mini_val frames. Float32 must
     meet the ONNX Runtime thresholds; float16 (boxes decoded in float16: 0.03 m steps beyond 32 m)
-    is held to 1e-2 on the map and 0.1 m on the boxes."""
+    is held to the float16 ones of engine/parity.py."""
     pytest.importorskip("tensorrt", reason="needs TensorRT and an NVIDIA GPU (pip install tensorrt)")
-    from fuller.engine.parity import Comparison
+    from fuller.engine.parity import (FP16_BOX_TOLERANCE, FP16_MAP_MAX_ABS, FP16_SCORE_TIE, MAP_MAX_ABS, SCORE_TIE,
+                                      BoxTolerance, Comparison)
     from fuller.export import build_engine
     from fuller.export.models import open_engine
 
     engine_path = tmp_path / "small.engine"
     assert build_engine.main(["--onnx", str(small_onnx), "--out", str(engine_path)] + (["--fp16"] if fp16 else [])) == 0
     trt_engine, reference = Engine.load(engine_path), open_engine(small_checkpoint)
-    comparison = Comparison(score_threshold=0.1, score_tie=1e-2 if fp16 else 1e-5)
+    comparison = Comparison(score_threshold=0.1, score_tie=FP16_SCORE_TIE if fp16 else SCORE_TIE)
     for _, calibration, raw in frames(NuScenesDataset(reference.config, synth_root, "mini_val", nusc=nusc), progress=False):
         for e in (trt_engine, reference):
             e.update_calibration(calibration)
         feeds = reference.feeds(raw.images, raw.points)
-        comparison.add(reference.backend.run(feeds), trt_engine.backend.run(feeds))
-    assert comparison.failures(map_max_abs=1e-2 if fp16 else 1e-4, box_tolerance=0.1 if fp16 else 1e-3) == []
-
-
-def test_box_matching_exempts_only_ties_at_the_cut():
-    """Hand-made outputs: a reordered list matches; a box swapped for another at the cut's score is
-    exempt; a moved box above the cut fails; map differences are measured."""
-    from fuller.engine.parity import Comparison
-
-    boxes = np.zeros((1, 3, 9), np.float32)
-    boxes[0, :, 0] = [1.0, 2.0, 3.0]
-    ref = {"boxes": boxes, "scores": np.array([[0.9, 0.5, 0.3]], np.float32), "labels": np.array([[1, 2, 2]], np.int32),
-           "map_probs": np.full((1, 1, 2, 2), 0.5, np.float32)}
-    reordered = {k: v[:, [1, 0, 2]] if k != "map_probs" else v for k, v in ref.items()}
-    swapped = {k: v.copy() for k, v in ref.items()}
-    swapped["boxes"][0, 2, 0] = 7.0  # another box kept at the cut's score
-    moved = {k: v.copy() for k, v in ref.items()}
-    moved["boxes"][0, 0, 0] += 0.01
-    moved["map_probs"] = ref["map_probs"] + 2e-4
-    for other, failures in ((reordered, 0), (swapped, 0), (moved, 2)):
-        c = Comparison(score_threshold=0.1)
-        c.add(ref, other)
-        assert len(c.failures()) == failures, c.failures()
-    c = Comparison(score_threshold=0.1)
-    c.add(ref, swapped)
-    assert c.boxes.tied == 1 and c.boxes.reference == 2
+        comparison.add(reference.run(feeds), trt_engine.run(feeds))
+    assert comparison.failures(FP16_MAP_MAX_ABS if fp16 else MAP_MAX_ABS,
+                               FP16_BOX_TOLERANCE if fp16 else BoxTolerance()) == []
 
 
 def test_points_outside_the_grid_change_nothing(engine, sample):

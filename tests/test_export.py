@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,8 +19,6 @@ from fuller.config import config_from_dict, config_hash, load_config  # noqa: E4
 from fuller.engine import contract  # noqa: E402
 from fuller.train.predict import load_model  # noqa: E402
 
-TRT_OPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tensorrt_onnx_ops.txt"
-
 
 @pytest.fixture(scope="module")
 def exported(small_onnx, small_checkpoint):
@@ -28,16 +27,21 @@ def exported(small_onnx, small_checkpoint):
 
 
 def test_graph_has_exactly_the_expected_fuller_nodes(exported):
+    """The custom nodes are BEV pooling and the sparse index ops only: per LiDAR stage one strided
+    SparseSites and two rulebooks (the strided layer's and the one its submanifold layers share),
+    plus the first level's compaction and two rulebooks (from the padded list, then shared) and the
+    output layer's sites and rulebook."""
     proto, cfg, model = exported
-    sparse_layers = 1 + len(cfg.model.lidar_channels) * 2 + (len(cfg.model.lidar_channels) - 1) + 1
+    stages = len(cfg.model.lidar_channels)
     custom = Counter(n.op_type for n in proto.graph.node if n.domain == "fuller")
-    assert custom == {"BevPool": 1, "SparseConv3d": sparse_layers}
+    assert custom == {"BevPool": 1, "SparseSites": stages + 1, "SparseRulebook": 2 * stages + 1}
     assert {o.domain: o.version for o in proto.opset_import} == {"": 17, "fuller": 1}
     assert [i.name for i in proto.graph.input] == contract.input_names(cfg.model.modalities)
     assert [o.name for o in proto.graph.output] == contract.output_names(cfg.model.tasks)
-    sparse = [n for n in proto.graph.node if n.op_type == "SparseConv3d"]
-    subm = [next(a.i for a in n.attribute if a.name == "subm") for n in sparse]
-    assert subm.count(1) == 1 + 2 * len(cfg.model.lidar_channels)
+    sites = [n for n in proto.graph.node if n.op_type == "SparseSites"]
+    assert [next(a.i for a in n.attribute if a.name == "subm") for n in sites] == [1] + [0] * stages
+    assert all(next(a.i for a in n.attribute if a.name == "aot") == 1
+               for n in proto.graph.node if n.domain == "fuller")
 
 
 def test_graph_passes_the_full_checker_with_the_schemas(exported):
@@ -46,7 +50,7 @@ def test_graph_passes_the_full_checker_with_the_schemas(exported):
     check_graph(exported[0])  # raises on failure
     broken = onnx.ModelProto()
     broken.CopyFrom(exported[0])
-    node = next(n for n in broken.graph.node if n.op_type == "SparseConv3d")
+    node = next(n for n in broken.graph.node if n.op_type == "SparseRulebook")
     del node.attribute[:]
     with pytest.raises(onnx.checker.ValidationError, match="kernel_x"):
         check_graph(broken)
@@ -69,12 +73,9 @@ def test_graph_passes_polygraphy_lint(small_onnx, tmp_path):
 
 
 def test_every_standard_op_is_one_tensorrt_parses(exported):
-    if not TRT_OPS.is_file():
-        pytest.skip(f"{TRT_OPS} (TensorRT's ONNX op list) is not next to the checkout")
-    allowed = set()
-    for line in TRT_OPS.read_text().splitlines():
-        if not line.startswith("#"):
-            allowed.update(line.split())
+    from fuller.export.tensorrt_ops import tensorrt_onnx_ops
+
+    allowed = tensorrt_onnx_ops()
     used = {n.op_type for n in exported[0].graph.node if n.domain in ("", "ai.onnx")}
     assert used <= allowed, f"ops TensorRT's parser lacks: {sorted(used - allowed)}"
     # the restrictions that bite: Conv weights and TopK's K must be initializers or constants
@@ -133,6 +134,29 @@ def test_onnxruntime_outputs_match_pytorch(small_onnx, small_checkpoint, frames)
     assert comparison.failures() == []
 
 
+def test_onnxruntime_fuses_every_sparse_layer_and_agrees_with_the_standard_ops(small_onnx, frames):
+    """The in-memory rewrite for ONNX Runtime replaces each sparse layer's Gather + MatMul + Add by
+    the fused kernel, and the rewritten graph computes what the exported one does."""
+    import onnxruntime
+
+    from fuller.plugins import ort_session_options, prepare_for_onnxruntime
+
+    proto = onnx.load(str(small_onnx))
+    fused, count = prepare_for_onnxruntime(proto)
+    cfg = config_from_dict(__import__("yaml").safe_load(
+        next(p.value for p in proto.metadata_props if p.key == contract.META_CONFIG)))
+    layers = 1 + 2 + 3 * (len(cfg.model.lidar_channels) - 1) + 1
+    assert count == layers == sum(n.op_type == "SparseGatherGemm" for n in fused.graph.node)
+    assert not any(n.op_type == "MatMul" and "lidar" in n.name for n in fused.graph.node)
+    sessions = [onnxruntime.InferenceSession(m.SerializeToString(), ort_session_options(),
+                                             providers=["CPUExecutionProvider"]) for m in (proto, fused)]
+    for feeds in frames[:2]:
+        wanted = {i.name for i in sessions[0].get_inputs()}
+        standard, rewritten = (s.run(None, {k: v for k, v in feeds.items() if k in wanted}) for s in sessions)
+        for a, b in zip(standard, rewritten):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
 def test_folded_sparse_encoder_equals_spconv(exported, frames):
     from fuller.export.lidar import ExportSparseEncoder
 
@@ -164,4 +188,4 @@ def test_cli_export(small_checkpoint, tmp_path, capsys):
     out = tmp_path / "m.onnx"
     assert main(["export", "--checkpoint", str(small_checkpoint), "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert out.is_file() and "1 fuller::BevPool" in text and "fuller::SparseConv3d" in text
+    assert out.is_file() and "1 fuller::BevPool" in text and "fuller::SparseRulebook" in text

@@ -1,50 +1,53 @@
-"""The Triton kernels of fuller::BevPool and fuller::SparseConv3d against their float64 references.
+"""The Triton kernels of fuller::BevPool, fuller::SparseSites and fuller::SparseRulebook against
+their references.
 
-On a CUDA GPU with Triton the kernels run on the GPU. With Triton but no GPU they run under Triton's
-interpreter on the CPU (TRITON_INTERPRET=1, set here before the kernels are imported), which checks
-the kernels' logic but not their compiled code; the PTX that TensorRT embeds is still compiled for
-an sm_90 target and its parameter layout checked. Without Triton everything skips with the reason.
+On a CUDA GPU with Triton the kernels run on the GPU, in this process. With Triton but no GPU they
+run under Triton's interpreter on the CPU in one subprocess (``kernel_calls.py``, which sets
+TRITON_INTERPRET=1 for itself only, so no other test of the session sees it); that checks the
+kernels' logic but not their compiled code. The PTX that TensorRT embeds is still compiled for an
+sm_90 target, its parameter list checked to be exactly what TensorRT passes, and assembled by
+Triton's ptxas. Launching that PTX the way TensorRT does needs a GPU and cuda-python (the gpu
+extra). Without Triton everything skips with the reason.
 
-Tolerances: float32 inputs agree with the float64 reference to 1e-5 relative (BevPool, float32
-accumulation over at most a few hundred points) and 1e-4 relative to the output scale
-(SparseConv3d, IEEE float32 tl.dot over up to 27 taps). float16 inputs are compared with the
-reference evaluated on the same float16-rounded values: the kernels accumulate in float32, so what
-remains is the float16 rounding of the result, held to 2e-3 relative (float16's epsilon is 9.8e-4)
-plus 2e-3 of the output scale.
+Tolerances: BevPool's float32 inputs agree with the float64 reference to 1e-5 relative (float32
+accumulation over at most a few hundred points). float16 inputs are compared with the reference
+evaluated on the same float16-rounded values: the kernel accumulates in float32, so what remains
+is the float16 rounding of the result, held to 2e-3 relative (float16's epsilon is 9.8e-4) plus
+2e-3 of the output scale. That the BevPool kernel accumulates in float32 is checked on a sum
+a float16 accumulator cannot hold (it stops at 4096, far short), held to float16's epsilon
+relative to each element.
 """
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from fuller.plugins.bev_pool.reference import bev_pool_reference
+from fuller.plugins.sparse_conv.reference import ConvGeometry
+from fuller.plugins.sparse_conv.rulebook import capacity, keys_to_coords, sparse_rulebook, sparse_sites
+from kernel_calls import Runner
+from test_bev_pool import long_sum_case as bev_pool_long_sum_case
+
 torch = pytest.importorskip("torch")
 if importlib.util.find_spec("triton") is None:
     pytest.skip("needs Triton (pip install triton) for the GPU kernels", allow_module_level=True)
 ON_GPU = torch.cuda.is_available()
-if not ON_GPU:
-    # Read when Triton's own and our kernels are decorated: before the first import of triton.
-    os.environ["TRITON_INTERPRET"] = "1"
-
-from fuller.plugins.bev_pool import triton_kernel as bev_kernel  # noqa: E402
-from fuller.plugins.bev_pool.reference import bev_pool_reference  # noqa: E402
-from fuller.plugins.sparse_conv import triton_kernel as sparse_kernel  # noqa: E402
-from fuller.plugins.sparse_conv.reference import ConvGeometry, sparse_conv3d_reference  # noqa: E402
-from fuller.plugins.sparse_conv.triton_kernel import sparse_conv3d_triton  # noqa: E402
-
-if not ON_GPU and not (bev_kernel.INTERPRETED and sparse_kernel.INTERPRETED):
-    pytest.skip("no CUDA GPU, and Triton was imported before TRITON_INTERPRET=1 could be set",
-                allow_module_level=True)
-DEVICE = torch.device("cuda" if ON_GPU else "cpu")
-OTHER_DEVICE = torch.device("cpu" if ON_GPU else "meta")  # a device the kernels must refuse
+KERNELS = Runner(in_process=ON_GPU)
 needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU to launch compiled PTX")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_kernel_runner():
+    yield
+    KERNELS.close()
 
 # ---------------------------------------------------------------------------------------------
 # BevPool
@@ -70,10 +73,16 @@ def bev_case(seed: int, bn=3, d=6, h=4, w=5, c=40, bev=(2, 13, 11), points=900, 
     return depth, feat, (ranks_depth, ranks_feat, ranks_bev, starts, lengths), list(bev)
 
 
+def long_sum_case(seed: int):
+    """`test_bev_pool.long_sum_case` on a grid whose cells span both programs along the cells, with
+    short cells in each."""
+    return bev_pool_long_sum_case(seed, c=24, bev=(1, 9, 8), short_cells=(1, 30, 65, 70), short=300)
+
+
 def run_bev(depth, feat, ranks, bev, dtype, index_dtype):
-    args = [torch.tensor(a, dtype=dtype, device=DEVICE) for a in (depth, feat)]
-    args += [torch.tensor(r, dtype=index_dtype, device=DEVICE) for r in ranks]
-    return bev_kernel.bev_pool_triton(*args, bev)
+    """``bev_pool_triton``'s output (on the CPU) for the arrays as ``dtype`` / ``index_dtype``."""
+    name = {torch.float32: "float32", torch.float16: "float16", torch.int32: "int32", torch.int64: "int64"}
+    return torch.from_numpy(KERNELS("bev_pool", depth, feat, ranks, bev, name[dtype], name[index_dtype]))
 
 
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
@@ -99,6 +108,17 @@ def test_bev_pool_float16():
     np.testing.assert_allclose(got.float().cpu().numpy(), want, rtol=2e-3, atol=2e-3 * np.abs(want).max())
 
 
+def test_bev_pool_float16_accumulates_in_float32():
+    """A sum float16 cannot accumulate (`long_sum_case`) within float16's epsilon, relative."""
+    depth, feat, ranks, bev = long_sum_case(7)
+    depth16, feat16 = depth.astype(np.float16), feat.astype(np.float16)
+    want = bev_pool_reference(depth16.astype(np.float64), feat16.astype(np.float64), *ranks, bev)
+    assert want.max() > 5000
+    got = run_bev(depth16, feat16, ranks, bev, torch.float16, torch.int32).double().cpu().numpy()
+    np.testing.assert_array_equal(got[want == 0], 0)
+    np.testing.assert_allclose(got, want, rtol=float(np.finfo(np.float16).eps), atol=0)
+
+
 def test_bev_pool_no_points_gives_zeros():
     depth, feat, _, bev = bev_case(4)
     empty = [np.zeros(0, np.int64)] * 5
@@ -109,20 +129,19 @@ def test_bev_pool_no_points_gives_zeros():
 def test_bev_pool_rejects_bad_input():
     depth, feat, ranks, bev = bev_case(5)
     with pytest.raises(TypeError, match="feat"):
-        bev_kernel.bev_pool_triton(torch.tensor(depth, dtype=torch.float32, device=DEVICE),
-                                   torch.tensor(feat, dtype=torch.float16, device=DEVICE),
-                                   *(torch.tensor(r, device=DEVICE) for r in ranks), bev)
-    moved = [torch.tensor(r, device=DEVICE if i != 2 else OTHER_DEVICE) for i, r in enumerate(ranks)]
+        KERNELS("bev_pool", depth, feat, ranks, bev, "float32", "int64", "float16")
     with pytest.raises(ValueError, match="ranks_bev"):
-        bev_kernel.bev_pool_triton(torch.tensor(depth, dtype=torch.float32, device=DEVICE),
-                                   torch.tensor(feat, dtype=torch.float32, device=DEVICE), *moved, bev)
+        KERNELS("bev_pool", depth, feat, ranks, bev, "float32", "int64", None, 2)
 
 
 def _driver():
+    """cuda-python's driver API, which the gpu extra installs: ``cuda.bindings.driver`` since
+    cuda-python 12.6, ``cuda.cuda`` before."""
     try:
         from cuda.bindings import driver
     except ImportError:
-        driver = pytest.importorskip("cuda.cuda", reason="needs cuda-python to launch PTX through the driver")
+        driver = pytest.importorskip("cuda.cuda", reason="needs cuda-python (pip install cuda-python; the gpu "
+                                                         "extra has it) to launch PTX through the driver")
     return driver
 
 
@@ -132,196 +151,225 @@ def _ok(result):
     return rest[0] if len(rest) == 1 else rest
 
 
+def launch_like_tensorrt(kernel, grid, inputs, scalars, outputs) -> None:
+    """Load ``kernel`` (a ``triton_aot.PtxKernel``) with the driver and launch it on torch's stream
+    with what TensorRT's ahead-of-time launcher passes and nothing else: the input pointers, the
+    int32 scalars, the output pointers. ``grid`` is (x, y) or x."""
+    from fuller.plugins.triton_aot import entry_parameters
+
+    driver = _driver()
+    values = (*(t.data_ptr() for t in inputs), *scalars, *(t.data_ptr() for t in outputs))
+    types = (*[ctypes.c_void_p] * len(inputs), *[ctypes.c_int32] * len(scalars), *[ctypes.c_void_p] * len(outputs))
+    assert len(entry_parameters(kernel.ptx, kernel.name)) == len(values)
+    gx, gy = grid if isinstance(grid, tuple) else (grid, 1)
+    torch.cuda.synchronize()
+    _ok(driver.cuInit(0))
+    image = np.frombuffer(kernel.ptx.encode() + b"\0", dtype=np.uint8)
+    module = _ok(driver.cuModuleLoadData(image.ctypes.data))
+    function = _ok(driver.cuModuleGetFunction(module, kernel.name.encode()))
+    _ok(driver.cuLaunchKernel(function, gx, gy, 1, kernel.threads, 1, 1, kernel.shared,
+                              torch.cuda.current_stream().cuda_stream, (values, types), 0))
+    torch.cuda.synchronize()
+    _ok(driver.cuModuleUnload(module))
+
+
 PTX_PROBE = """
-import json, re, triton
+import json, re, subprocess, tempfile
+from pathlib import Path
 from triton.backends.compiler import GPUTarget
-from fuller.plugins.bev_pool import triton_kernel as k
-from fuller.plugins.sparse_conv import triton_kernel as s
+from fuller.plugins import triton_aot
+from fuller.plugins.bev_pool import triton_kernel as bev
+from fuller.plugins.sparse_conv import triton_kernel as sparse
+from fuller.plugins.sparse_conv.reference import ConvGeometry
 
+try:
+    from triton.backends.nvidia.compiler import get_ptxas
+    ptxas = get_ptxas(90).path
+except ImportError:  # Triton before 3.4
+    from triton.backends.nvidia.compiler import _path_to_binary
+    ptxas = _path_to_binary("ptxas")[0]
+triton_aot.driver_ptx_version = lambda: 80  # as if the installed driver loaded PTX ISA 8.0 at most
 target = GPUTarget("cuda", 90, 32)
-k.driver_ptx_version = lambda: 80
-name, ptx, threads, shared = k.compile_ptx("float16", "int32", target=target)
-k.compile_ptx("float32", "int64", target=target)
-entry = re.search(r"\\.entry\\s+" + re.escape(name) + r"\\s*\\((.*?)\\)", ptx, re.S).group(1)
-kinds = ["u32" if ".u32" in p else "ptr" for p in re.findall(r"\\.param[^,\\n]*", entry)]
-isa = re.search(r"^\\s*\\.version\\s+(\\S+)", ptx, re.M).group(1)
-
-def compile_(fn, pointers, scalars, constants):
-    signature = {**{n: t for n, t in pointers.items()}, **{n: "i32" for n in scalars},
-                 **{n: "constexpr" for n in constants}}
-    signature = {n: signature[n] for n in fn.arg_names}
-    triton.compile(triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constants), target=target)
-
-geometry = dict(KX=3, KY=3, KZ=3, SX=2, SY=2, SZ=1, PX=1, PY=1, PZ=0)
-rows = ("n_valid", "size_x", "size_y", "size_z", "out_x", "out_y", "out_z")
-compile_(s._scatter_rows_kernel, {"coords_ptr": "*i32", "grid_ptr": "*i32"}, rows[:4], {"BLOCK": 256})
-compile_(s._mark_outputs_kernel, {"coords_ptr": "*i32", "occupancy_ptr": "*i8"}, rows[:1] + rows[4:],
-         {**geometry, "BLOCK": 256})
-for f, ieee in (("fp32", True), ("fp16", False)):
-    compile_(s._implicit_gemm_kernel,
-             {"feat_ptr": "*" + f, "grid_ptr": "*i32", "out_coords_ptr": "*i32", "weight_ptr": "*" + f,
-              "bias_ptr": "*" + f, "out_ptr": "*" + f},
-             ("n_out", "capacity", "c_in", "c_out", "size_x", "size_y", "size_z"),
-             {**geometry, "BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16, "IEEE": ieee})
-print(json.dumps({"kinds": kinds, "isa": isa, "threads": threads, "shared": shared}))
+down = ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1), (41, 36, 11), False, 4000)
+subm = ConvGeometry((3, 3, 3), (1, 1, 1), (1, 1, 1), (41, 36, 11), True, 2000)
+kernels = {"bev_pool": bev.compile_ptx("float16", "int32", target),
+           "bev_pool_int64": bev.compile_ptx("float32", "int64", target),
+           **{name: sparse.compile_ptx(name, subm if name == "compact" else down, target) for name in sparse.KERNELS}}
+report = {}
+with tempfile.TemporaryDirectory() as tmp:
+    for name, k in kernels.items():
+        path = Path(tmp) / f"{name}.ptx"
+        path.write_text(k.ptx)
+        done = subprocess.run([ptxas, "-arch=sm_90a", str(path), "-o", str(path.with_suffix(".cubin"))],
+                              capture_output=True, text=True)
+        params = triton_aot.entry_parameters(k.ptx, k.name)
+        report[name] = {"kinds": ["u32" if ".u32" in p else "ptr" if ".ptr" in p else p for p in params],
+                        "isa": re.search(r"^\\s*\\.version\\s+(\\S+)", k.ptx, re.M).group(1),
+                        "threads": k.threads, "ptxas": done.returncode, "ptxas_errors": done.stderr}
+print(json.dumps(report))
 """
 
 
-def test_kernels_compile_and_ptx_parameters_are_tensorrts_order():
-    """Every kernel compiles for sm_90 (no GPU needed; in a fresh process, since the interpreter
-    replaces compilation in this one). The BevPool PTX that the TensorRT plugin embeds takes the
-    seven input pointers, the four 32-bit scalars and the output pointer in that order, then only
-    pointers (Triton's scratch buffers, which TensorRT passes as null), and its ISA is held to what
-    the driver loads."""
+def test_kernels_compile_to_ptx_with_exactly_tensorrts_parameters():
+    """Every kernel a TensorRT plugin embeds compiles for sm_90 without a GPU (in a fresh process,
+    without the interpreter). Its PTX entry takes the input pointers, the 32-bit scalars and the
+    output pointers in that order and nothing else: Triton's trailing scratch parameters, which
+    TensorRT does not pass, are gone (plugins/triton_aot.py), and the PTX still assembles with
+    Triton's ptxas. The ISA is held to what the driver loads."""
+    from fuller.plugins.sparse_conv.triton_kernel import KERNELS as SPARSE_KERNELS
+
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", PTX_PROBE], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
-    probe = json.loads(done.stdout.strip().splitlines()[-1])
-    assert probe["kinds"][:12] == ["ptr"] * 7 + ["u32"] * 4 + ["ptr"]
-    assert set(probe["kinds"][12:]) <= {"ptr"}
-    assert probe["isa"] == "8.0"
-    assert probe["threads"] == bev_kernel.NUM_WARPS * 32 and probe["shared"] >= 0
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = {"bev_pool": (7, 4, 1), "bev_pool_int64": (7, 4, 1),
+                **{name: tuple(len(part) for part in parts) for name, parts in SPARSE_KERNELS.items()}}
+    assert set(report) == set(expected)
+    for name, (inputs, scalars, outputs) in expected.items():
+        got = report[name]
+        assert got["kinds"] == ["ptr"] * inputs + ["u32"] * scalars + ["ptr"] * outputs, name
+        assert got["isa"] == "8.0" and got["threads"] == 4 * 32, name
+        assert got["ptxas"] == 0, f"{name}: {got['ptxas_errors']}"
 
 
 @needs_gpu
 @pytest.mark.parametrize("float_type", ["float32", "float16"])
 def test_bev_pool_ptx_launched_like_tensorrt(float_type):
     """The PTX the TensorRT plugin embeds, launched through the driver API with the arguments
-    TensorRT's ahead-of-time launcher passes: the seven input pointers, the four int32 scalars, the
-    output pointer, and null for any parameter Triton appends (its scratch buffers)."""
-    driver = _driver()
+    TensorRT's ahead-of-time launcher passes: the seven input pointers, the four int32 scalars and
+    the output pointer."""
+    from fuller.plugins.bev_pool import triton_kernel as bev_kernel
+
     dtype = {"float32": torch.float32, "float16": torch.float16}[float_type]
     depth, feat, ranks, bev = bev_case(6)
     if dtype == torch.float16:
         depth, feat = depth.astype(np.float16).astype(np.float64), feat.astype(np.float16).astype(np.float64)
     want = bev_pool_reference(depth, feat, *ranks, bev)
-    name, ptx, threads, shared = bev_kernel.compile_ptx(float_type, "int32")
-    entry = re.search(r"\.entry\s+" + re.escape(name) + r"\s*\((.*?)\)", ptx, re.S).group(1)
-    n_params = len(re.findall(r"\.param\s", entry))
-    assert n_params >= 12
-    inputs = [torch.tensor(a, dtype=dtype, device=DEVICE) for a in (depth, feat)]
-    inputs += [torch.tensor(r, dtype=torch.int32, device=DEVICE) for r in ranks]
+    inputs = [torch.tensor(a, dtype=dtype, device="cuda") for a in (depth, feat)]
+    inputs += [torch.tensor(r, dtype=torch.int32, device="cuda") for r in ranks]
     b, x, y = bev
-    out = torch.full((b, feat.shape[-1], x, y), float("nan"), dtype=dtype, device=DEVICE)
-    scalars = (len(ranks[3]), feat.shape[-1], x * y, b * x * y)
-    values = (*(t.data_ptr() for t in inputs), *scalars, out.data_ptr(), *([0] * (n_params - 12)))
-    types = (*([ctypes.c_void_p] * 7), *([ctypes.c_int32] * 4), *([ctypes.c_void_p] * (n_params - 11)))
-    torch.cuda.synchronize()
-    _ok(driver.cuInit(0))
-    image = np.frombuffer(ptx.encode() + b"\0", dtype=np.uint8)
-    module = _ok(driver.cuModuleLoadData(image.ctypes.data))
-    function = _ok(driver.cuModuleGetFunction(module, name.encode()))
-    gx, gy = bev_kernel.grid(b * x * y, feat.shape[-1])
-    _ok(driver.cuLaunchKernel(function, gx, gy, 1, threads, 1, 1, shared, torch.cuda.current_stream().cuda_stream,
-                              (values, types), 0))
-    torch.cuda.synchronize()
-    _ok(driver.cuModuleUnload(module))
+    c = feat.shape[-1]
+    out = torch.full((b, c, x, y), float("nan"), dtype=dtype, device="cuda")
+    launch_like_tensorrt(bev_kernel.compile_ptx(float_type, "int32"), bev_kernel.grid(b * x * y, c), inputs,
+                         (len(ranks[3]), c, x * y, b * x * y), [out])
     tol = 1e-5 if dtype == torch.float32 else 2e-3
     np.testing.assert_allclose(out.float().cpu().numpy(), want, rtol=tol, atol=tol * np.abs(want).max())
 
 
 # ---------------------------------------------------------------------------------------------
-# SparseConv3d
+# SparseSites and SparseRulebook: exact integers, equal to the NumPy kernels of rulebook.py.
 
-
-def sparse_case(seed: int, n=80, count=60, shape=(9, 8, 5), batches=2, c_in=5, c_out=24):
-    """``count`` unique sites over ``batches`` samples, the rows past ``count`` filled with junk
-    that must be ignored."""
-    rng = np.random.default_rng(seed)
-    cells = batches * int(np.prod(shape))
-    keys = rng.choice(cells, count, replace=False)
-    rest, z = np.divmod(keys, shape[2])
-    rest, y = np.divmod(rest, shape[1])
-    b, x = np.divmod(rest, shape[0])
-    coords = np.full((n, 4), -1, np.int32)
-    coords[:count] = np.stack([b, x, y, z], 1)
-    coords[count:count + 3] = [0, 1, 1, 1]  # junk rows repeating a site: ignored past count
-    features = rng.standard_normal((n, c_in))
-    return features, coords, np.array([count], np.int32), rng.standard_normal(c_out)
-
-
-def run_sparse(features, coords, count, weight, bias, geom, dtype):
-    args = (torch.tensor(features, dtype=dtype, device=DEVICE), torch.tensor(coords, device=DEVICE),
-            torch.tensor(count, device=DEVICE), torch.tensor(weight, dtype=dtype, device=DEVICE),
-            torch.tensor(bias, dtype=dtype, device=DEVICE))
-    return [t.cpu() for t in sparse_conv3d_triton(*args, geom)]
-
-
-def check_sparse(got, want, rtol):
-    (out, out_coords, out_count), (ref, ref_coords, ref_count) = got, want
-    assert out_count.tolist() == ref_count.tolist()
-    np.testing.assert_array_equal(out_coords.numpy(), ref_coords)
-    scale = max(np.abs(ref).max(), 1.0)
-    np.testing.assert_allclose(out.float().numpy(), ref, rtol=rtol, atol=rtol * scale)
-
-
-SPARSE_GEOMETRIES = {
-    "subm3": dict(kernel=(3, 3, 3), stride=(1, 1, 1), padding=(1, 1, 1), subm=True),
-    "down3s2": dict(kernel=(3, 3, 3), stride=(2, 2, 2), padding=(1, 1, 1), subm=False),
-    "down_xy": dict(kernel=(3, 3, 3), stride=(2, 2, 1), padding=(1, 1, 0), subm=False),
-    "height": dict(kernel=(1, 1, 3), stride=(1, 1, 2), padding=(0, 0, 0), subm=False),
+SHAPE = (9, 7, 5)
+CASES = {  # name: (kernel, stride, padding, subm), as tests/test_sparse_conv.py
+    "subm3": ((3, 3, 3), (1, 1, 1), (1, 1, 1), True),
+    "down3": ((3, 3, 3), (2, 2, 2), (1, 1, 1), False),
+    "down3_z0": ((3, 3, 3), (2, 2, 2), (1, 1, 0), False),
+    "xy1_z2": ((3, 3, 3), (1, 1, 2), (1, 1, 1), False),
+    "out113": ((1, 1, 3), (1, 1, 2), (0, 0, 1), False),
 }
 
 
-def make_geometry(name: str, n: int, shape=(9, 8, 5), capacity: int | None = None) -> ConvGeometry:
-    spec = SPARSE_GEOMETRIES[name]
-    cap = n if spec["subm"] else (capacity if capacity is not None else 2 * 9 * 8 * 5)
-    return ConvGeometry(spec["kernel"], spec["stride"], spec["padding"], shape, spec["subm"], cap)
+def sparse_geometry(name: str, rows: int, out_capacity: int | None = None) -> ConvGeometry:
+    """The SparseSites geometry of a case on ``rows`` input rows: out_capacity N for subm, else the
+    exporter's never-overflowing capacity for two samples unless given."""
+    k, s, p, subm = CASES[name]
+    g = ConvGeometry(k, s, p, SHAPE, subm, rows)
+    return dataclasses.replace(g, out_capacity=rows if subm else out_capacity or capacity(rows, g, 2))
 
 
-@pytest.mark.parametrize("name", list(SPARSE_GEOMETRIES))
-def test_sparse_conv_float32(name):
-    features, coords, count, _ = sparse_case(10)
-    geom = make_geometry(name, len(features))
-    rng = np.random.default_rng(11)
-    weight, bias = rng.standard_normal((*geom.kernel, 5, 24)), rng.standard_normal(24)
-    want = sparse_conv3d_reference(features, coords, count, weight, bias, geom)
-    got = run_sparse(features, coords, count, weight, bias, geom, torch.float32)
-    assert got[0].dtype == torch.float32 and got[1].dtype == torch.int32 and got[2].dtype == torch.int32
-    check_sparse(got, want, 1e-4)
-    assert not got[0][int(got[2][0]):].any()  # rows past the count are zero
+def voxels(rng, n: int, rows: int, batch: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` distinct sites over ``batch`` samples in key order, padded with -1 to ``rows``."""
+    keys = np.sort(rng.choice(batch * int(np.prod(SHAPE)), n, replace=False))
+    coords = np.full((rows, 4), -1, np.int32)
+    coords[:n] = keys_to_coords(keys, SHAPE)
+    return coords, np.array([n], np.int32)
 
 
-def test_sparse_conv_wide_channels_and_capacity_cut():
-    """Several K and N blocks (Cin 40, Cout 80), and fewer rows than output sites: the first
-    out_capacity sites in key order are kept."""
-    features, coords, count, _ = sparse_case(12, c_in=40)
-    geom = make_geometry("down3s2", len(features), capacity=17)
-    rng = np.random.default_rng(13)
-    weight, bias = rng.standard_normal((3, 3, 3, 40, 80)), rng.standard_normal(80)
-    want = sparse_conv3d_reference(features, coords, count, weight, bias, geom)
-    assert want[2][0] == 17
-    check_sparse(run_sparse(features, coords, count, weight, bias, geom, torch.float32), want, 1e-4)
+def check_index_ops(coords: np.ndarray, count: np.ndarray, geom: ConvGeometry) -> int:
+    """The GPU sites and the GPU rulebook of those sites equal the NumPy kernels'; returns M."""
+    want_sites, want_count = sparse_sites(coords, count, geom)
+    got_sites, got_count = KERNELS("sparse_sites", coords, count, dataclasses.asdict(geom))
+    np.testing.assert_array_equal(got_count, want_count)
+    np.testing.assert_array_equal(got_sites, want_sites)
+    rulebook_geom = ConvGeometry(geom.kernel, geom.stride, geom.padding, geom.shape, False, 0)
+    got = KERNELS("sparse_rulebook", coords, count, want_sites, dataclasses.asdict(rulebook_geom))
+    want = sparse_rulebook(coords, count, want_sites, rulebook_geom)
+    assert got.shape == want.shape == (len(want_sites), geom.taps) and got.dtype == np.int32
+    np.testing.assert_array_equal(got, want)
+    return int(want_count[0])
 
 
-@pytest.mark.parametrize("name", ["subm3", "down3s2"])
-def test_sparse_conv_float16(name):
-    features, coords, count, _ = sparse_case(14)
-    geom = make_geometry(name, len(features))
-    rng = np.random.default_rng(15)
-    weight, bias = rng.standard_normal((*geom.kernel, 5, 24)), rng.standard_normal(24)
-    f16, w16, b16 = (a.astype(np.float16) for a in (features, weight, bias))
-    want = sparse_conv3d_reference(f16.astype(np.float64), coords, count, w16.astype(np.float64),
-                                   b16.astype(np.float64), geom)
-    got = run_sparse(f16, coords, count, w16, b16, geom, torch.float16)
-    assert got[0].dtype == torch.float16
-    check_sparse(got, want, 2e-3)
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("n", [0, 1, 70])
+def test_sparse_index_ops(name, n):
+    """Every SPEC geometry on 80 rows (padding rows past the count), two samples."""
+    coords, count = voxels(np.random.default_rng(n + 3), n, 80)
+    m = check_index_ops(coords, count, sparse_geometry(name, 80))
+    assert (m == 0) == (n == 0)
 
 
-@pytest.mark.parametrize("name", ["subm3", "down3s2"])
-def test_sparse_conv_zero_voxels(name):
-    features, coords, _, _ = sparse_case(16)
-    count = np.array([0], np.int32)
-    geom = make_geometry(name, len(features))
-    weight, bias = np.ones((*geom.kernel, 5, 24)), np.ones(24)
-    out, out_coords, out_count = run_sparse(features, coords, count, weight, bias, geom, torch.float32)
-    assert out_count.tolist() == [0]
-    assert (out_coords == -1).all() and not out.any()
+@pytest.mark.parametrize("name", ["subm3", "down3", "out113"])
+def test_sparse_index_ops_many_blocks(name):
+    """300 valid rows: several input-row blocks of the strided-sites kernels, whose write offsets
+    come from the earlier blocks' counts, and several programs of the others."""
+    coords, count = voxels(np.random.default_rng(5), 300, 320)
+    check_index_ops(coords, count, sparse_geometry(name, 320))
 
 
-def test_sparse_conv_rejects_bad_input():
-    features, coords, count, _ = sparse_case(17)
-    geom = make_geometry("subm3", len(features))
-    weight, bias = np.ones((3, 3, 3, 4, 24)), np.ones(24)  # Cin 4 but features have 5
-    with pytest.raises(ValueError, match="weight"):
-        run_sparse(features, coords, count, weight, bias, geom, torch.float32)
+def test_sparse_sites_capacity_cut():
+    """Fewer rows than sites: the first out_capacity sites in key order, and that count."""
+    coords, count = voxels(np.random.default_rng(6), 70, 80)
+    assert check_index_ops(coords, count, sparse_geometry("down3", 80, out_capacity=17)) == 17
+
+
+@pytest.mark.parametrize("name", ["down3", "down3_z0", "xy1_z2"])
+def test_sparse_index_ops_border_sites_and_an_empty_sample(name):
+    """Sites only in sample 1 (sample 0 empty), on every face of the grid and in two x-columns far
+    apart (windows that reach outside the grid, slabs owned across a gap)."""
+    cells = [(1, x, y, z) for x in (0, 8) for y in (0, 3, 6) for z in (0, 4)] + [(1, 4, 3, 2), (1, 8, 6, 2)]
+    coords = np.array(sorted(cells, key=lambda c: ((c[1] * SHAPE[1] + c[2]) * SHAPE[2] + c[3])), np.int32)
+    coords = np.concatenate([coords, np.full((4, 4), -1, np.int32)])
+    check_index_ops(coords, np.array([len(cells)], np.int32), sparse_geometry(name, len(coords)))
+
+
+def test_sparse_launchers_reject_bad_input():
+    coords, count = voxels(np.random.default_rng(7), 5, 10)
+    with pytest.raises(ValueError, match="coords"):
+        KERNELS("sparse_sites", coords.astype(np.int64), count, dataclasses.asdict(sparse_geometry("down3", 10)))
+    with pytest.raises(ValueError, match="out_capacity"):
+        KERNELS("sparse_sites", coords, count, dataclasses.asdict(sparse_geometry("subm3", 12)))
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", ["subm3", "down3", "xy1_z2"])
+def test_sparse_ptx_launched_like_tensorrt(name):
+    """Each sparse plugin's PTX launched through the driver API with TensorRT's arguments only, on
+    output buffers full of garbage (TensorRT clears nothing): the sites (compact, or block counts
+    then strided sites) and the rulebook of the sites, equal to the NumPy kernels."""
+    from fuller.plugins.sparse_conv import triton_kernel as kernel
+
+    coords, count = voxels(np.random.default_rng(8), 300, 320)
+    geom = sparse_geometry(name, 320)
+    want_sites, want_count = sparse_sites(coords, count, geom)
+    n = len(coords)
+    coords_t, count_t = torch.tensor(coords, device="cuda"), torch.tensor(count, device="cuda")
+    out_coords = torch.full((geom.out_capacity, 4), -7, dtype=torch.int32, device="cuda")
+    out_count = torch.full((1,), -7, dtype=torch.int32, device="cuda")
+    if geom.subm:
+        launch_like_tensorrt(kernel.compile_ptx("compact", geom), kernel.grid("compact", n), [coords_t, count_t], [n],
+                             [out_coords, out_count])
+    else:
+        block_counts = torch.full((kernel.blocks(n),), -7, dtype=torch.int32, device="cuda")
+        launch_like_tensorrt(kernel.compile_ptx("site_counts", geom), kernel.grid("site_counts", n),
+                             [coords_t, count_t], [n], [block_counts])
+        launch_like_tensorrt(kernel.compile_ptx("strided_sites", geom), kernel.grid("strided_sites", n),
+                             [coords_t, count_t, block_counts], [n], [out_coords, out_count])
+    m = int(out_count[0])
+    assert m == int(want_count[0])
+    np.testing.assert_array_equal(out_coords[:m].cpu().numpy(), want_sites)
+
+    rulebook_geom = ConvGeometry(geom.kernel, geom.stride, geom.padding, geom.shape, False, 0)
+    neighbours = torch.full((m, geom.taps), -7, dtype=torch.int32, device="cuda")
+    launch_like_tensorrt(kernel.compile_ptx("rulebook", rulebook_geom), kernel.grid("rulebook", n, m),
+                         [coords_t, count_t, out_coords[:m].contiguous()], [n, m], [neighbours])
+    np.testing.assert_array_equal(neighbours.cpu().numpy(), sparse_rulebook(coords, count, want_sites, rulebook_geom))

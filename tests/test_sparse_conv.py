@@ -1,6 +1,7 @@
-"""fuller::SparseConv3d: the float64 reference against a dense conv3d, and every implementation
-(NumPy kernel, torch op, ONNX Runtime kernel) against the reference; the torch op also against
-spconv's own layers, which the exporter replaces."""
+"""The sparse convolution as index ops plus standard ONNX (plugins/sparse_conv/SPEC.md): the float64
+layer reference against a dense conv3d; the index ops (NumPy kernels, ONNX Runtime kernels) composed
+with Gather + MatMul against the reference, and their rulebook against a dict lookup; the torch ops'
+composition against spconv's own layers, which the exporter replaces."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from fuller.plugins.sparse_conv.reference import ConvGeometry, sparse_conv3d_reference
-from fuller.plugins.sparse_conv.rulebook import capacity, keys_to_coords, sparse_conv3d
+from fuller.plugins.sparse_conv.rulebook import capacity, keys_to_coords, sparse_rulebook, sparse_sites, taps
 
 SHAPE = (9, 7, 5)
 CASES = {  # name: (kernel, stride, padding, subm)
@@ -21,8 +22,9 @@ CASES = {  # name: (kernel, stride, padding, subm)
 
 
 def random_voxels(rng, n, rows, batch=2, shape=SHAPE, cin=4):
-    """``n`` distinct sites over ``batch`` samples, padded to ``rows`` (coords -1, features noise)."""
-    keys = rng.choice(batch * int(np.prod(shape)), n, replace=False)
+    """``n`` distinct sites over ``batch`` samples in key order (the SPEC's contract), padded to
+    ``rows`` (coords -1, features noise)."""
+    keys = np.sort(rng.choice(batch * int(np.prod(shape)), n, replace=False))
     coords = np.full((rows, 4), -1, np.int32)
     coords[:n] = keys_to_coords(keys, shape)
     features = rng.normal(size=(rows, cin)).astype(np.float32)  # padding rows hold garbage on purpose
@@ -70,73 +72,96 @@ def test_reference_equals_dense_conv3d(name):
     assert (out[m:] == 0).all() and (out_coords[m:] == -1).all()
 
 
+def standard_layer(features, neighbours, w):
+    """The exported graph's arithmetic (SPEC.md): a Gather of each site's neighbourhood from the rows
+    plus a zero row, one GEMM with the (taps * Cin, Cout) filter."""
+    rows = np.concatenate([features, np.zeros((1, features.shape[1]), features.dtype)])
+    return rows[neighbours].reshape(len(neighbours), neighbours.shape[1] * w.shape[3]) @ w.reshape(-1, w.shape[-1])
+
+
+def fused_layer(features, neighbours, w):
+    """ONNX Runtime's fused kernel: per tap, only the sites with a neighbour there."""
+    from fuller.plugins.sparse_conv.ort_fusion import gather_gemm
+
+    return gather_gemm(features, neighbours, w.reshape(-1, w.shape[-1]), np.zeros(w.shape[-1], np.float32))
+
+
+@pytest.mark.parametrize("layer", [standard_layer, fused_layer], ids=["standard", "fused"])
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("n", [0, 1, 70])
-def test_numpy_kernel_matches_reference(name, n):
+def test_index_ops_compose_to_the_reference(layer, name, n):
     rng = np.random.default_rng(n + 7)
     features, coords, count = random_voxels(rng, n, 80)
     g = geometry(name, 80)
     w, b = weights(rng, g.kernel)
-    want = sparse_conv3d_reference(features, coords, count, w, b, g)
-    got = sparse_conv3d(features, coords, count, w, b, g)
-    assert got[0].dtype == np.float32
-    np.testing.assert_array_equal(got[1], want[1])
-    np.testing.assert_array_equal(got[2], want[2])
-    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+    want, want_coords, want_count = sparse_conv3d_reference(features, coords, count, w, b, g)
+    sites, sites_count = sparse_sites(coords, count, g)
+    out = layer(features, sparse_rulebook(coords, count, sites, g), w) + b
+    m = int(want_count[0])
+    assert sites.dtype == np.int32 and sites_count.tolist() == [m] == [len(sites)]
+    assert out.dtype == np.float32 and out.shape == (m, w.shape[-1])
+    np.testing.assert_array_equal(sites, want_coords[:m])
+    np.testing.assert_allclose(out, want[:m], rtol=1e-5, atol=1e-5)
 
 
-def test_float16_accumulates_in_float32():
-    rng = np.random.default_rng(3)
-    features, coords, count = random_voxels(rng, 50, 50)
-    g = geometry("subm3", 50)
-    w, b = weights(rng, g.kernel)
-    got = sparse_conv3d(features.astype(np.float16), coords, count, w.astype(np.float16), b.astype(np.float16), g)
-    want = sparse_conv3d_reference(features.astype(np.float16), coords, count, w.astype(np.float16),
-                                   b.astype(np.float16), g)
-    assert got[0].dtype == np.float16
-    # only the final cast to float16 separates the two: half an ulp of the largest value
-    np.testing.assert_allclose(got[0].astype(np.float64), want[0], rtol=1e-3, atol=np.abs(want[0]).max() * 1e-3)
+@pytest.mark.parametrize("name", CASES)
+def test_rulebook_against_a_dict_of_sites(name):
+    """Every (site, tap) entry is the row found by looking its coordinate up in a dict, or N."""
+    rng = np.random.default_rng(12)
+    features, coords, count = random_voxels(rng, 50, 64)
+    g = geometry(name, 64)
+    sites, _ = sparse_sites(coords, count, g)
+    table = sparse_rulebook(coords, count, sites, g)
+    rows = {tuple(c): r for r, c in enumerate(coords[:50].tolist())}
+    assert table.shape == (len(sites), g.taps) and table.dtype == np.int32
+    for m, (bi, *o) in enumerate(sites.tolist()):
+        for t, tap in enumerate(taps(g)):
+            p = tuple(o[a] * g.stride[a] - g.padding[a] + tap[a] for a in range(3))
+            assert table[m, t] == rows.get((bi, *p), 64)
+
+
+def test_subm_sites_compact_the_padded_list():
+    rng = np.random.default_rng(13)
+    _, coords, count = random_voxels(rng, 17, 40)
+    sites, sites_count = sparse_sites(coords, count, geometry("subm3", 40))
+    np.testing.assert_array_equal(sites, coords[:17])
+    assert sites_count.tolist() == [17]
 
 
 def test_capacity_cut_keeps_the_first_sites_in_key_order():
     rng = np.random.default_rng(4)
-    features, coords, count = random_voxels(rng, 40, 40)
-    full = geometry("down3", 40)
-    cut = geometry("down3", 40, out_capacity=10)
-    w, b = weights(rng, full.kernel)
-    a = sparse_conv3d(features, coords, count, w, b, full)
-    c = sparse_conv3d(features, coords, count, w, b, cut)
-    assert int(a[2][0]) > 10 and int(c[2][0]) == 10
-    np.testing.assert_array_equal(c[1], a[1][:10])
-    np.testing.assert_allclose(c[0], a[0][:10], rtol=1e-5, atol=1e-6)
+    _, coords, count = random_voxels(rng, 40, 40)
+    full, _ = sparse_sites(coords, count, geometry("down3", 40))
+    cut, cut_count = sparse_sites(coords, count, geometry("down3", 40, out_capacity=10))
+    assert len(full) > 10 and cut_count.tolist() == [10]
+    np.testing.assert_array_equal(cut, full[:10])
 
 
 def test_capacity_bound_is_never_exceeded():
     """The exporter's capacity (SPEC) is an upper bound: a dense block of inputs, the worst case."""
-    rng = np.random.default_rng(5)
     keys = np.arange(2 * int(np.prod(SHAPE)))
     coords = keys_to_coords(keys, SHAPE)
-    features = rng.normal(size=(len(keys), 4)).astype(np.float32)
     for name in CASES:
         g = geometry(name, len(keys))
-        w, b = weights(rng, g.kernel)
         unclipped = ConvGeometry(g.kernel, g.stride, g.padding, SHAPE, g.subm, len(keys) if g.subm else 10**6)
-        n_sites = int(sparse_conv3d(features, coords, np.array([len(keys)], np.int32), w, b, unclipped)[2][0])
+        n_sites = len(sparse_sites(coords, np.array([len(keys)], np.int32), unclipped)[0])
         assert n_sites <= g.out_capacity, name
 
 
 @pytest.mark.parametrize("bad, message", [
     (lambda c: c.__setitem__((0, 1), 9), "outside"),
-    (lambda c: c.__setitem__(1, c[0]), "more than one row"),
+    (lambda c: c.__setitem__(1, c[0]), "row 1 .* key order"),
+    (lambda c: c.__setitem__(slice(2, 4), c[[3, 2]]), "row 3 .* key order"),
 ])
-def test_bad_coords_name_the_row(bad, message):
+@pytest.mark.parametrize("op", ["sites", "rulebook"])
+def test_bad_coords_name_the_row(bad, message, op):
     rng = np.random.default_rng(6)
-    features, coords, count = random_voxels(rng, 10, 10)
-    bad(coords)
+    _, coords, count = random_voxels(rng, 10, 10)
     g = geometry("subm3", 10)
-    w, b = weights(rng, g.kernel)
+    sites = coords.copy()
+    bad(coords)
     with pytest.raises(ValueError, match=message):
-        sparse_conv3d(features, coords, count, w, b, g)
+        sparse_sites(coords, count, g) if op == "sites" else sparse_rulebook(coords, count, sites, g)
 
 
 def test_bad_attributes_and_shapes_are_named():
@@ -145,49 +170,59 @@ def test_bad_attributes_and_shapes_are_named():
     with pytest.raises(ValueError, match="kernel"):
         ConvGeometry((3, 0, 3), (1, 1, 1), (1, 1, 1), SHAPE, False, 10)
     rng = np.random.default_rng(7)
-    features, coords, count = random_voxels(rng, 10, 10)
+    _, coords, count = random_voxels(rng, 10, 10)
     g = geometry("subm3", 10)
-    w, b = weights(rng, g.kernel)
     with pytest.raises(ValueError, match="count"):
-        sparse_conv3d(features, coords, np.array([11], np.int32), w, b, g)
-    with pytest.raises(ValueError, match="weight"):
-        sparse_conv3d(features, coords, count, w[:2], b, g)
+        sparse_sites(coords, np.array([11], np.int32), g)
+    with pytest.raises(ValueError, match="out_capacity"):
+        sparse_sites(coords, count, geometry("subm3", 12))
+    with pytest.raises(ValueError, match="sites: expected"):
+        sparse_rulebook(coords, count, coords[:, :3], g)
+    with pytest.raises(ValueError, match="sites: row 0"):
+        sparse_rulebook(coords, count, np.array([[0, 9, 0, 0]], np.int32), g)
 
 
 def test_attributes_round_trip():
     g = geometry("down3_z0", 50)
     assert ConvGeometry.from_attributes(**g.attributes()) == g
+    rulebook = ConvGeometry.from_attributes(**g.attributes(sites=False))
+    assert (rulebook.kernel, rulebook.stride, rulebook.padding, rulebook.shape) == (g.kernel, g.stride, g.padding,
+                                                                                     g.shape)
 
 
 @pytest.mark.parametrize("name", ["subm3", "down3", "out113"])
-def test_torch_op_matches_spconv(name):
-    """The same filter in spconv's layer and in the op: same output sites, same features."""
+def test_torch_ops_composed_as_exported_match_spconv(name):
+    """The same filter in spconv's layer and in the exporter's composition of the torch ops: same
+    output sites, same features."""
     spconv = pytest.importorskip("spconv.pytorch")
     import fuller.plugins.sparse_conv.torch_op  # noqa: F401
     import fuller.train.model.spconv_compat  # noqa: F401
+    from fuller.export.lidar import ExportSparseEncoder
 
     rng = np.random.default_rng(8)
     features, coords, count = random_voxels(rng, 70, 90)
     g = geometry(name, 90)
     layer_type = spconv.SubMConv3d if g.subm else spconv.SparseConv3d
     layer = layer_type(4, 6, g.kernel, stride=g.stride, padding=g.padding, bias=True)
+    attrs = (list(g.kernel), list(g.stride), list(g.padding), list(g.shape))
     with torch.no_grad():
         x = spconv.SparseConvTensor(torch.from_numpy(features[:70]), torch.from_numpy(coords[:70]), list(SHAPE), 2)
         ref = layer(x)
-        w = layer.weight.permute(1, 2, 3, 4, 0).contiguous()  # spconv (out, kx, ky, kz, in)
-        out, out_coords, out_count = torch.ops.fuller.sparse_conv3d(
-            torch.from_numpy(features), torch.from_numpy(coords), torch.from_numpy(count), w, layer.bias,
-            list(g.kernel), list(g.stride), list(g.padding), list(g.shape), g.subm, g.out_capacity)
-    m = int(out_count[0])
-    assert m == len(ref.indices)
-    mine = {tuple(c.tolist()): f for c, f in zip(out_coords[:m], out[:m])}
+        w = layer.weight.permute(1, 2, 3, 4, 0).reshape(-1, 6)  # spconv (out, kx, ky, kz, in) -> (taps * in, out)
+        c, n = torch.from_numpy(coords), torch.from_numpy(count)
+        sites, sites_count = torch.ops.fuller.sparse_sites(c, n, *attrs, g.subm, g.out_capacity)
+        neighbours = torch.ops.fuller.sparse_rulebook(c, n, sites, *attrs)
+        out = ExportSparseEncoder._conv(torch.from_numpy(features), neighbours, w, layer.bias, 4)
+    assert int(sites_count[0]) == len(sites) == len(ref.indices)
+    mine = {tuple(c.tolist()): f for c, f in zip(sites, out)}
     for c, f in zip(ref.indices, ref.features):
-        torch.testing.assert_close(mine[tuple(c.tolist())], f, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mine[tuple(c.tolist())], torch.relu(f), rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
-def ort_node():
-    """A one-node ONNX graph per case, run by ONNX Runtime with the fuller kernels."""
+def ort_layer():
+    """A one-layer ONNX graph as the exporter writes it (SparseSites, SparseRulebook, Concat, Gather,
+    Reshape, MatMul, Add), fully checked with the schemas and run by ONNX Runtime."""
     onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install fuller[export])")
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install fuller[export])")
     pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions is not installed")
@@ -199,16 +234,26 @@ def ort_node():
     options = ort_session_options()
 
     def run(features, coords, count, w, b, g):
+        cin, cout = w.shape[3], w.shape[4]
         inputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, list(features.shape)),
                   helper.make_tensor_value_info("coords", TensorProto.INT32, list(coords.shape)),
                   helper.make_tensor_value_info("count", TensorProto.INT32, [1])]
-        inits = [onnx.numpy_helper.from_array(w, "weight"), onnx.numpy_helper.from_array(b, "bias")]
-        node = helper.make_node("SparseConv3d", ["features", "coords", "count", "weight", "bias"],
-                                ["out", "out_coords", "out_count"], domain="fuller", **g.attributes())
-        outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, [g.out_capacity, w.shape[-1]]),
-                   helper.make_tensor_value_info("out_coords", TensorProto.INT32, [g.out_capacity, 4]),
-                   helper.make_tensor_value_info("out_count", TensorProto.INT32, [1])]
-        model = helper.make_model(helper.make_graph([node], "sparse_conv", inputs, outputs, inits), ir_version=10,
+        inits = [onnx.numpy_helper.from_array(w.reshape(-1, cout), "weight"), onnx.numpy_helper.from_array(b, "bias"),
+                 onnx.numpy_helper.from_array(np.zeros((1, cin), np.float32), "zero_row"),
+                 onnx.numpy_helper.from_array(np.array([-1, g.taps * cin], np.int64), "shape")]
+        nodes = [helper.make_node("SparseSites", ["coords", "count"], ["sites", "sites_count"], domain="fuller",
+                                  **g.attributes()),
+                 helper.make_node("SparseRulebook", ["coords", "count", "sites"], ["neighbours"], domain="fuller",
+                                  **g.attributes(sites=False)),
+                 helper.make_node("Concat", ["features", "zero_row"], ["rows"], axis=0),
+                 helper.make_node("Gather", ["rows", "neighbours"], ["gathered"], axis=0),
+                 helper.make_node("Reshape", ["gathered", "shape"], ["flat"]),
+                 helper.make_node("MatMul", ["flat", "weight"], ["product"]),
+                 helper.make_node("Add", ["product", "bias"], ["out"])]
+        outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["sites", cout]),
+                   helper.make_tensor_value_info("sites", TensorProto.INT32, ["sites", 4]),
+                   helper.make_tensor_value_info("sites_count", TensorProto.INT32, [1])]
+        model = helper.make_model(helper.make_graph(nodes, "sparse_layer", inputs, outputs, inits), ir_version=10,
                                   opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("fuller", 1)])
         onnx.checker.check_model(model, full_check=True)
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -219,13 +264,14 @@ def ort_node():
 
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("n", [0, 45])
-def test_onnxruntime_kernel_matches_reference(ort_node, name, n):
+def test_onnxruntime_layer_matches_reference(ort_layer, name, n):
     rng = np.random.default_rng(n + 11)
     features, coords, count = random_voxels(rng, n, 50)
     g = geometry(name, 50)
     w, b = weights(rng, g.kernel)
-    want = sparse_conv3d_reference(features, coords, count, w, b, g)
-    out, out_coords, out_count = ort_node(features, coords, count, w, b, g)
-    np.testing.assert_array_equal(out_coords, want[1])
-    np.testing.assert_array_equal(out_count, want[2])
-    np.testing.assert_allclose(out, want[0], rtol=1e-5, atol=1e-5)
+    want, want_coords, want_count = sparse_conv3d_reference(features, coords, count, w, b, g)
+    out, sites, sites_count = ort_layer(features, coords, count, w, b, g)
+    m = int(want_count[0])
+    np.testing.assert_array_equal(sites, want_coords[:m])
+    np.testing.assert_array_equal(sites_count, want_count)
+    np.testing.assert_allclose(out, want[:m], rtol=1e-5, atol=1e-5)

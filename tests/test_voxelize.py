@@ -16,7 +16,8 @@ GEOMETRY = load_config("tiny").geometry  # range [-51.2, 51.2)^2 x [-5, 3), voxe
 
 def reference_voxelize(points: np.ndarray, geometry) -> tuple[list, list, list, int, int]:
     """One point at a time: range test against the float32-rounded bounds, floor index in float64
-    clamped to the grid, a dict in insertion order for first appearance, plain means."""
+    clamped to the grid, a dict in insertion order for first appearance (the ``max_voxels`` cut),
+    plain means, and the kept voxels listed by cell (lexicographic (ix, iy, iz) is the key order)."""
     bounds = [float(np.float32(b)) for b in geometry.point_cloud_range]
     lo, hi = bounds[:3], bounds[3:]
     shape = geometry.voxel_grid_shape
@@ -27,7 +28,7 @@ def reference_voxelize(points: np.ndarray, geometry) -> tuple[list, list, list, 
         cell = tuple(min(math.floor((row[a] - lo[a]) / geometry.voxel_size[a]), shape[a] - 1) for a in range(3))
         voxels.setdefault(cell, []).append(row)
     items = list(voxels.items())
-    kept, cut = items[: geometry.max_voxels], items[geometry.max_voxels:]
+    kept, cut = sorted(items[: geometry.max_voxels]), items[geometry.max_voxels:]
     features, coords, counts = [], [], []
     for cell, rows in kept:
         rows = rows[: geometry.max_points_per_voxel]
@@ -78,17 +79,18 @@ def test_max_voxels_clipping_matches_reference(max_voxels):
     assert len(got.coords) == max_voxels and got.dropped_voxels > 0 and got.dropped_points >= got.dropped_voxels
 
 
-def test_first_appearance_order_and_counts_by_hand():
-    # Voxels A, B, A, C, B, D in input order; max_voxels=2 keeps A and B, cuts C and D (one point each).
+def test_first_appearance_cut_then_key_order_by_hand():
+    # Voxels B, A, B, C, A, D in input order; max_voxels=2 keeps B and A, cuts C and D (one point
+    # each), and lists A before B: its key (ix = 128) is smaller.
     a, b, c, d = [0.1, 0.1, 0.1], [10.1, -20.3, 0.2], [-30.0, 40.0, -4.9], [50.0, 50.0, 2.9]
-    xyz = np.array([a, b, a, c, b, d], np.float32)
+    xyz = np.array([b, a, b, c, a, d], np.float32)
     points = np.concatenate([xyz, np.arange(12, dtype=np.float32).reshape(6, 2)], axis=1)
     got = voxelize(points, dataclasses.replace(GEOMETRY, max_voxels=2))
     # ix = floor((x + 51.2) / 0.4), iy = floor((y + 51.2) / 0.4), iz = floor((z + 5) / 0.5)
     assert got.coords.tolist() == [[128, 128, 10], [153, 77, 10]]
     assert got.num_points.tolist() == [2, 2]
-    np.testing.assert_allclose(got.features[0], np.mean(points[[0, 2]], axis=0), rtol=1e-6)
-    np.testing.assert_allclose(got.features[1], np.mean(points[[1, 4]], axis=0), rtol=1e-6)
+    np.testing.assert_allclose(got.features[0], np.mean(points[[1, 4]], axis=0), rtol=1e-6)
+    np.testing.assert_allclose(got.features[1], np.mean(points[[0, 2]], axis=0), rtol=1e-6)
     assert (got.dropped_voxels, got.dropped_points) == (2, 2)
 
 

@@ -22,7 +22,13 @@ class Backend(Protocol):
     name: str
     config: FullerConfig
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph outputs for ``feeds`` (graph inputs the graph does not take are ignored). The
+        arrays are valid until the next call: a backend may return views of buffers it reuses
+        (the TensorRT backend returns its pinned host buffers, as Polygraphy's runner does), so
+        nothing may keep them. `Engine.run` copies them into arrays the caller owns; callers go
+        through it."""
+        ...
 
     def describe(self) -> str: ...
 

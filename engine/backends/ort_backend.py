@@ -1,5 +1,6 @@
-"""ONNX Runtime backend: the exported graph with the fuller custom-op CPU kernels registered; the
-config comes from the graph's metadata, so the artefact is self-describing."""
+"""ONNX Runtime backend: the exported graph with the fuller custom-op CPU kernels registered and
+their rewrites applied in memory (`fuller.plugins.prepare_for_onnxruntime`: the sparse layers'
+fused gather-GEMM); the config comes from the graph's metadata, so the artefact is self-describing."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ import onnxruntime
 
 from fuller.config import ConfigError, FullerConfig, config_from_dict
 from fuller.errors import UserInputError
-from fuller.plugins import ort_session_options
+from fuller.plugins import ort_session_options, prepare_for_onnxruntime
 
 from .. import contract
 
@@ -38,7 +39,12 @@ class OnnxRuntimeBackend:
             raise UserInputError(f"{self.path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
         self.config = read_config(model, self.path)
         try:
-            self.session = onnxruntime.InferenceSession(str(self.path), ort_session_options(),
+            if not any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer):
+                model, self.fused_layers = prepare_for_onnxruntime(model)
+                source = model.SerializeToString()
+            else:  # external weights: ONNX Runtime reads them next to the file itself, unrewritten
+                source, self.fused_layers = str(self.path), 0
+            self.session = onnxruntime.InferenceSession(source, ort_session_options(),
                                                         providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's InvalidGraph, Fail, ... (pybind11 types, no common base)
             raise UserInputError(f"{self.path}: ONNX Runtime cannot load this graph ({type(exc).__name__}: "
@@ -51,4 +57,5 @@ class OnnxRuntimeBackend:
         return dict(zip(self.output_names, outputs))
 
     def describe(self) -> str:
-        return f"ONNX Runtime {onnxruntime.__version__} ({', '.join(self.session.get_providers())})"
+        fused = f", {self.fused_layers} sparse layers fused" if self.fused_layers else ""
+        return f"ONNX Runtime {onnxruntime.__version__} ({', '.join(self.session.get_providers())}{fused})"

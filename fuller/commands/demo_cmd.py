@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from fuller.data import NuScenesDataset, open_nuscenes
     from fuller.data.pictures import draw_sample
     from fuller.engine.offline import run_parity
-    from fuller.engine.parity import BOX_TOLERANCE_M, MAP_MAX_ABS, METRIC_POINTS
+    from fuller.engine.parity import MAP_MAX_ABS, METRIC_POINTS, BoxTolerance
     from fuller.evaluation import format_table
     from fuller.export.graph import export_model
     from fuller.export.models import open_engine
@@ -72,11 +72,11 @@ def run(args: argparse.Namespace) -> int:
           f"{out / 'eval' / 'pictures'}; training curves: tensorboard --logdir {run_dir / 'tensorboard'}")
 
     onnx_path = out / "export" / "fuller.onnx"
-    print(f"[5/7] exporting one ONNX graph (fuller::BevPool, fuller::SparseConv3d) to {onnx_path}")
+    print(f"[5/7] exporting one ONNX graph (fuller::BevPool and the sparse index ops) to {onnx_path}")
     export_model(model.cpu(), cfg, onnx_path, step=args.steps)
     print(f"[6/7] ONNX Runtime vs PyTorch on {cfg.data.val_split}, same inputs, both scored by the devkit")
     report = run_parity(open_engine(ckpt), open_engine(onnx_path), data, cfg.data.val_split, out / "parity",
-                        MAP_MAX_ABS, BOX_TOLERANCE_M, METRIC_POINTS, nusc=nusc)
+                        MAP_MAX_ABS, BoxTolerance(), METRIC_POINTS, nusc=nusc)
     print(report.table)
     print(f"[7/7] ONNX Runtime pictures: {out / 'parity' / 'onnxruntime' / 'pictures'}; parity "
           + ("FAILED: " + "; ".join(report.failures) if report.failures else "passed")

@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from fuller.export.build_engine import add_arguments
 
     p = subparsers.add_parser(
-        "export", help="export a checkpoint to one ONNX graph (fuller::BevPool, fuller::SparseConv3d)",
+        "export", help="export a checkpoint to one ONNX graph (fuller::BevPool and the sparse index ops)",
         description="Trace the trained network from preprocessed tensors (normalised images, BEV-pool geometry, "
                     "voxel list) to boxes, scores, labels and map probabilities; write it with the config in its "
                     "metadata and check it with onnx.checker (custom schemas registered).")

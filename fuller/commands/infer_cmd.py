@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from fuller.engine.parity import BOX_TOLERANCE_M, MAP_MAX_ABS, METRIC_POINTS
+    from fuller.engine.parity import MAP_MAX_ABS, METRIC_POINTS, BoxTolerance
 
     p = subparsers.add_parser(
         "infer", help="run a model (.engine, .onnx or checkpoint) over a split and score it",
@@ -26,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q = subparsers.add_parser(
         "parity", help="compare PyTorch with another backend, per output and per metric",
         description="Run the checkpoint (PyTorch) and --model on the same preprocessed inputs of every sample of a "
-                    "split; print max/mean abs diff and cosine per output, box matching and the mAP/NDS/mIoU "
-                    "deltas; exit 1 when a threshold is exceeded.")
+                    "split; print max/mean abs diff and cosine per output, the largest error of matched boxes per "
+                    "attribute (centre, size, yaw, velocity, score, label) and the mAP/NDS/mIoU deltas; exit 1 when "
+                    "a threshold is exceeded or no box was compared.")
     q.add_argument("--checkpoint", required=True, help="checkpoint.pt (the reference)")
     q.add_argument("--model", required=True, help="model.onnx or model.engine to compare")
     q.add_argument("--data", required=True, help="nuScenes dataset root")
@@ -35,8 +36,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--out", default="parity", help="folder for both backends' results (default ./parity)")
     q.add_argument("--map-max-abs", type=float, default=MAP_MAX_ABS,
                    help=f"largest allowed map probability difference (default {MAP_MAX_ABS:g})")
-    q.add_argument("--box-tolerance", type=float, default=BOX_TOLERANCE_M,
-                   help=f"box centre match distance in m (default {BOX_TOLERANCE_M:g})")
+    box = BoxTolerance()
+    q.add_argument("--box-tolerance", type=float, default=box.centre_m,
+                   help=f"largest centre distance of a box to its match, in m (default {box.centre_m:g})")
+    q.add_argument("--size-tolerance", type=float, default=box.size_m,
+                   help=f"largest width, length or height difference of matched boxes, in m (default {box.size_m:g})")
+    q.add_argument("--yaw-tolerance", type=float, default=box.yaw_rad,
+                   help=f"largest yaw difference of matched boxes modulo 2 pi, in rad (default {box.yaw_rad:g})")
+    q.add_argument("--velocity-tolerance", type=float, default=box.velocity_m_s,
+                   help=f"largest vx or vy difference of matched boxes, in m/s (default {box.velocity_m_s:g})")
+    q.add_argument("--score-tolerance", type=float, default=box.score,
+                   help=f"largest score difference of matched boxes (default {box.score:g})")
     q.add_argument("--metric-points", type=float, default=METRIC_POINTS,
                    help=f"largest allowed |delta| of mAP, NDS, mIoU in points (default {METRIC_POINTS:g})")
     q.set_defaults(func=run_parity_cmd)
@@ -58,13 +68,16 @@ def run_infer(args: argparse.Namespace) -> int:
 
 def run_parity_cmd(args: argparse.Namespace) -> int:
     from fuller.engine.offline import run_parity
+    from fuller.engine.parity import BoxTolerance
     from fuller.export.models import open_engine
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     reference, other = open_engine(args.checkpoint), open_engine(args.model)
     split = args.split or reference.config.data.val_split
     print(f"reference: {reference.describe()}\nother:     {other.describe()}")
-    report = run_parity(reference, other, args.data, split, args.out, args.map_max_abs, args.box_tolerance,
+    box_tolerance = BoxTolerance(centre_m=args.box_tolerance, size_m=args.size_tolerance, yaw_rad=args.yaw_tolerance,
+                                 velocity_m_s=args.velocity_tolerance, score=args.score_tolerance)
+    report = run_parity(reference, other, args.data, split, args.out, args.map_max_abs, box_tolerance,
                         args.metric_points)
     print(report.table)
     for failure in report.failures:

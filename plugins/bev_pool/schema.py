@@ -13,9 +13,9 @@ ATTRIBUTES = {"batch_size": "B of the output (B, C, X, Y)", "grid_x": "X, BEV ce
               "grid_y": "Y, BEV cells along y"}
 
 
-def schema() -> defs.OpSchema:
+def schemas() -> list[defs.OpSchema]:
     P = defs.OpSchema.FormalParameter
-    return defs.OpSchema(
+    return [defs.OpSchema(
         OP_TYPE, DOMAIN, VERSION,
         doc="LSS BEV pooling with precomputed ranks and intervals (plugins/bev_pool/SPEC.md).",
         inputs=[P("depth", "T", "(BN, D, h, w)"), P("feat", "T", "(BN, h, w, C) channels last"),
@@ -24,5 +24,5 @@ def schema() -> defs.OpSchema:
         type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float32, or float16 accumulated in float32")],
         attributes=[*(defs.OpSchema.Attribute(name, defs.OpSchema.AttrType.INT, text, required=True)
                       for name, text in ATTRIBUTES.items()),
-                    *tensorrt_attributes()])
+                    *tensorrt_attributes()])]
 

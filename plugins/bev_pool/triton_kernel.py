@@ -15,7 +15,8 @@ same element and no atomics are needed.
 
 The kernel's runtime parameters are ordered (input pointers, int32 scalars, output pointer), the
 order in which ``tensorrt.plugin``'s ahead-of-time launcher passes them, so the TensorRT plugin
-(``trt_plugin.py``) compiles this very kernel to PTX (:func:`compile_ptx`).
+(``trt_plugin.py``) compiles this very kernel to PTX (:func:`compile_ptx`, through
+``plugins/triton_aot.py``, which also settles Triton's trailing scratch parameters).
 
 The kernel trusts the op's contract (SPEC.md: indices in range, ``ranks_bev`` sorted, intervals its
 runs); the geometry code guarantees it and checking it would cost a pass over the points and a host
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Sequence
 
 from .reference import RANK_NAMES, check_shapes
@@ -131,48 +131,18 @@ def aot_signature(float_type: str, index_type: str = "int32") -> dict[str, str]:
     return {**inputs, **scalars, **outputs, "BLOCK_CELLS": "constexpr", "BLOCK_C": "constexpr"}
 
 
-def driver_ptx_version() -> int | None:
-    """The newest PTX ISA (as Triton writes it: 90 for 9.0) the installed NVIDIA driver can load,
-    or None if the driver or Triton's mapping from CUDA versions is not available."""
-    import ctypes
-
-    try:
-        from triton.backends.nvidia.compiler import ptx_get_version
-
-        version = ctypes.c_int()
-        if ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(version)) != 0:
-            return None
-        return ptx_get_version(f"{version.value // 1000}.{version.value % 1000 // 10}")
-    except (ImportError, OSError, AttributeError, RuntimeError):  # no driver, or Triton moved the mapping
-        return None
-
-
-def compile_ptx(float_type: str, index_type: str = "int32", target=None) -> tuple[str, str, int, int]:
-    """(kernel name, PTX, threads per block, dynamic shared memory bytes) of the kernel compiled for
-    ``target`` (a ``triton.backends.compiler.GPUTarget``; default the current GPU), for a launcher
-    that passes (inputs, scalars, output) as TensorRT's does. Triton writes PTX of the ISA of the
-    ptxas it bundles, which may be newer than what the installed driver loads (the driver, not
-    Triton, compiles an engine's PTX when TensorRT loads it); the PTX is then recompiled for the
-    driver's ISA."""
+def compile_ptx(float_type: str, index_type: str = "int32", target=None):
+    """The kernel as PTX for TensorRT's ahead-of-time launcher (a ``triton_aot.PtxKernel``: name,
+    PTX, threads per block, dynamic shared memory), compiled for ``target`` (a
+    ``triton.backends.compiler.GPUTarget``; default the current GPU) with exactly the parameters
+    TensorRT passes: inputs, scalars, output (``triton_aot`` says why Triton's scratch pointers are
+    removed)."""
     if not HAS_TRITON:
         raise RuntimeError("bev_pool: compiling the GPU kernel needs Triton (pip install triton)")
+    from ..triton_aot import compile_for_tensorrt
 
-    def compile_for(ptx_version: int | None):
-        source = triton.compiler.ASTSource(fn=bev_pool_kernel, signature=aot_signature(float_type, index_type),
-                                           constexprs={"BLOCK_CELLS": BLOCK_CELLS, "BLOCK_C": BLOCK_C})
-        options = {"num_warps": NUM_WARPS, **({"ptx_version": ptx_version} if ptx_version else {})}
-        return triton.compile(source, target=target, options=options)
-
-    compiled = compile_for(None)
-    isa = re.search(r"^\s*\.version\s+(\d+)\.(\d+)", compiled.asm["ptx"], re.M)
-    limit = driver_ptx_version()
-    if limit is not None and isa is not None and int(isa.group(1)) * 10 + int(isa.group(2)) > limit:
-        compiled = compile_for(limit)
-    scratch = {name: getattr(compiled.metadata, name, 0) for name in ("global_scratch_size", "profile_scratch_size")}
-    if any(scratch.values()):  # TensorRT passes null for these trailing parameters
-        raise RuntimeError(f"bev_pool: the compiled kernel needs Triton scratch memory {scratch}, which TensorRT's "
-                           "ahead-of-time launcher does not provide")
-    return compiled.metadata.name, compiled.asm["ptx"], compiled.metadata.num_warps * 32, compiled.metadata.shared
+    return compile_for_tensorrt(bev_pool_kernel, aot_signature(float_type, index_type),
+                                {"BLOCK_CELLS": BLOCK_CELLS, "BLOCK_C": BLOCK_C}, NUM_WARPS, target)
 
 
 def bev_pool_triton(depth, feat, ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths,

@@ -15,13 +15,22 @@ ignores the others.
 
 Contract as in SPEC.md, with the ONNX types: depth and feat float32 or float16 (one type), the five
 index arrays int32, P and I dynamic; the kernel trusts the index values (see triton_kernel.py).
-``tensorrt`` and ``triton`` are imported inside :func:`register`, so importing this module never
-fails on machines without them.
+
+What the ``aot_impl`` relies on, read in python/packaging/bindings_wheel/tensorrt/plugin/ of
+NVIDIA/TensorRT: ``get_launch_params`` (_plugin_class.py) passes every attribute positionally in
+registration order, so ``aot_impl`` takes all three; each extra kernel argument must be a
+``trtp.SymInt32``; the kernel receives the input pointers, those int32 scalars and the output
+pointer, nothing more (``aot_impl``'s docstring, _lib.py), which is why the PTX is compiled without
+Triton's trailing scratch parameters (``plugins/triton_aot.py`` has the evidence that this is safe).
+The launch is one kernel, no host synchronisation, no memory of its own.
+
+``tensorrt`` is imported inside :func:`register` and ``triton`` (through ``triton_kernel``) inside
+the ``aot_impl`` body, which runs at engine build only: importing this module and registering the
+plugin need neither torch nor Triton, and an engine that holds the plugin needs neither to run.
 """
 from typing import Tuple, Union
 
 from .reference import RANK_NAMES
-from .triton_kernel import BLOCK_C, BLOCK_CELLS
 
 PLUGIN_ID = "fuller::BevPool"
 _registered = False
@@ -29,7 +38,7 @@ _registered = False
 
 def register() -> None:
     """Register the plugin with TensorRT's plugin registry, once per process (later calls do
-    nothing). Needs ``tensorrt`` with ahead-of-time plugin support; the engine build needs Triton."""
+    nothing). Needs ``tensorrt`` with ahead-of-time plugin support; the engine build also needs Triton."""
     global _registered
     if _registered:
         return
@@ -63,17 +72,17 @@ def register() -> None:
                      interval_lengths: trtp.TensorDesc, batch_size: int, grid_x: int, grid_y: int,
                      outputs: Tuple[trtp.TensorDesc], tactic: int
                      ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]:
-        from .triton_kernel import compile_ptx
+        from .triton_kernel import BLOCK_C, BLOCK_CELLS, compile_ptx
 
-        name, ptx, threads, shared = compile_ptx(floats[feat.dtype], "int32")
+        kernel = compile_ptx(floats[feat.dtype], "int32")
         cells, channels = batch_size * grid_x * grid_y, feat.shape_expr[3]
         launch = trtp.KernelLaunchParams()
         launch.grid_x = -(-cells // BLOCK_CELLS)
         launch.grid_y = trtp.cdiv(channels, BLOCK_C)
-        launch.block_x = threads
-        launch.shared_mem = shared
+        launch.block_x = kernel.threads
+        launch.shared_mem = kernel.shared
         # The kernel's scalars, in its order (triton_kernel.KERNEL_SCALARS); each must be a SymInt32.
         scalars = (interval_starts.shape_expr[0], channels, grid_x * grid_y, cells)
-        return name, ptx, launch, trtp.SymIntExprs.from_tuple([trtp.SymInt32(s) for s in scalars])
+        return kernel.name, kernel.ptx, launch, trtp.SymIntExprs.from_tuple([trtp.SymInt32(s) for s in scalars])
 
     _registered = True

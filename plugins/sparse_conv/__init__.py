@@ -1,1 +1,2 @@
-"""``fuller::SparseConv3d``: one sparse 3-D convolution on a fixed-capacity voxel list (SPEC.md)."""
+"""Sparse 3-D convolution as index ops (``fuller::SparseSites``, ``fuller::SparseRulebook``) plus
+standard ONNX Gather and MatMul (SPEC.md)."""

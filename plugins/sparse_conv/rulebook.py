@@ -1,10 +1,10 @@
-"""The NumPy kernel of ``fuller::SparseConv3d``: output sites, neighbour pairs, gather-GEMM-scatter.
+"""The NumPy kernels of ``fuller::SparseSites`` and ``fuller::SparseRulebook`` (SPEC.md).
 
-Shared by the torch op's CPU path and the ONNX Runtime kernel, so both compute the same thing the
-same way. Sites are int64 keys ``((b * X + x) * Y + y) * Z + z``; neighbours are found with one
-``searchsorted`` per tap over the sorted keys (no Python loop over voxels) into a (sites, taps)
-table, and the convolution is a GEMM of each block of gathered neighbourhoods with the whole
-filter, so nothing is scattered.
+Shared by the torch ops' CPU path and the ONNX Runtime kernels, so both compute the same thing the
+same way. Sites are int64 keys (`reference.site_keys`), linear in the coordinates, so every
+(row, tap) key of a layer is one broadcast sum of per-axis terms: the strided sites are the unique
+candidate keys, and the neighbours one ``searchsorted`` of all (site, tap) keys in the input keys,
+which the SPEC's contract keeps sorted. No Python loop over voxels or taps.
 """
 from __future__ import annotations
 
@@ -12,17 +12,9 @@ import itertools
 
 import numpy as np
 
-from .reference import ConvGeometry, check_inputs
+from .reference import ConvGeometry, check_coords, site_keys
 
-
-# Gathered neighbourhood elements per GEMM block (16 MB of float32): bounds memory at any capacity.
-BLOCK_ELEMENTS = 1 << 22
-
-
-def site_keys(coords: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """int64 keys of (b, x, y, z) rows on a grid of ``shape``; sorted keys are the SPEC's row order."""
-    c = coords.astype(np.int64)
-    return ((c[:, 0] * shape[0] + c[:, 1]) * shape[1] + c[:, 2]) * shape[2] + c[:, 3]
+SITES_OP, RULEBOOK_OP = "fuller::SparseSites", "fuller::SparseRulebook"
 
 
 def keys_to_coords(keys: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -32,81 +24,82 @@ def keys_to_coords(keys: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return np.stack([b, x, y, z], axis=1).astype(np.int32)
 
 
-def _taps(geom: ConvGeometry) -> list[tuple[int, int, int]]:
+def taps(geom: ConvGeometry) -> list[tuple[int, int, int]]:
+    """Kernel offsets in tap order ``t = (i * Ky + j) * Kz + k``, the filter's row-major order."""
     return list(itertools.product(*(range(k) for k in geom.kernel)))
 
 
-def output_sites(coords: np.ndarray, geom: ConvGeometry) -> np.ndarray:
-    """(M, 4) int32 output sites of the valid input ``coords`` (SPEC: input order for subm, else
-    sorted by key), before the capacity cut."""
+def _axis_terms(values: np.ndarray, valid: np.ndarray, axis: int, grid: tuple[int, int, int]) -> np.ndarray:
+    """An axis's share of the key, ``value * (cells per step along it)``, with invalid entries
+    pushed far below any key, so that a sum over the three axes is a key exactly when every axis
+    is valid (the key is linear in the coordinates)."""
+    step = int(np.prod(grid[axis + 1:]))
+    return np.where(valid, values * step, np.int64(-1) << 60)
+
+
+def _keys_by_tap(batch: np.ndarray, per_axis: list[tuple[np.ndarray, np.ndarray]],
+                 grid: tuple[int, int, int]) -> np.ndarray:
+    """(taps, rows) keys on ``grid`` from per-axis (rows, K_a) coordinates and validity, taps in
+    the filter's order; negative where any axis is invalid. Tap-major, so each tap's keys are in
+    the rows' order: for sorted rows, sorted runs, which a binary search walks through faster."""
+    (x, vx), (y, vy), (z, vz) = per_axis
+    keys = (batch * int(np.prod(grid)))[None, None, None, :] \
+        + _axis_terms(x, vx, 0, grid).T[:, None, None, :] + _axis_terms(y, vy, 1, grid).T[None, :, None, :] \
+        + _axis_terms(z, vz, 2, grid).T[None, None, :, :]
+    return keys.reshape(x.shape[1] * y.shape[1] * z.shape[1], len(batch))
+
+
+def sparse_sites(coords: np.ndarray, count: np.ndarray, geom: ConvGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """(out_coords (M, 4) int32, out_count (1,) int32): the valid rows for ``subm``, else the strided
+    output sites by key, at most ``out_capacity`` of them. Each input's candidates, ``o = (p +
+    padding - tap) / stride`` where that divides and lands in the grid, form one (rows, taps) key
+    array; the sites are its unique keys."""
+    c = check_coords(coords, count, geom.shape, SITES_OP)
+    if geom.subm and geom.out_capacity != len(coords):
+        raise ValueError(f"{SITES_OP}: out_capacity: expected {len(coords)} (= N) for subm = 1, "
+                         f"got {geom.out_capacity}")
+    valid = coords[:c]
     if geom.subm:
-        return coords
+        return valid.copy(), np.array([c], dtype=np.int32)
+    per_axis = []
+    for a in range(3):
+        num = valid[:, 1 + a, None].astype(np.int64) + geom.padding[a] - np.arange(geom.kernel[a])
+        o, rem = np.divmod(num, geom.stride[a])
+        per_axis.append((o, (rem == 0) & (o >= 0) & (o < geom.out_shape[a])))
+    keys = _keys_by_tap(valid[:, 0].astype(np.int64), per_axis, geom.out_shape)
+    keys = np.unique(keys[keys >= 0])[: geom.out_capacity]
+    return keys_to_coords(keys, geom.out_shape), np.array([len(keys)], dtype=np.int32)
+
+
+def sparse_rulebook(coords: np.ndarray, count: np.ndarray, sites: np.ndarray, geom: ConvGeometry) -> np.ndarray:
+    """(M, taps) int32: for output site m and tap t, the input row at ``sites[m] * stride - padding
+    + tap``, or N (the rows of ``coords``) where there is none: every (site, tap) key at once, looked
+    up with one ``searchsorted`` in the sorted input keys."""
+    c = check_coords(coords, count, geom.shape, RULEBOOK_OP)
     out_shape = np.array(geom.out_shape)
-    candidates = []
-    for tap in _taps(geom):
-        num = coords[:, 1:].astype(np.int64) + np.array(geom.padding) - np.array(tap)
-        o, rem = np.divmod(num, np.array(geom.stride))
-        ok = (rem == 0).all(1) & (o >= 0).all(1) & (o < out_shape).all(1)
-        candidates.append(site_keys(np.concatenate([coords[ok, :1], o[ok]], axis=1), geom.out_shape))
-    keys = np.unique(np.concatenate(candidates)) if candidates else np.zeros(0, np.int64)
-    return keys_to_coords(keys, geom.out_shape)
-
-
-def neighbour_table(in_coords: np.ndarray, out_coords: np.ndarray, geom: ConvGeometry) -> np.ndarray:
-    """(M, taps) int64: for output site m and tap t, the input row at m * stride - padding + t,
-    or ``len(in_coords)`` (a zero row appended by the caller) where there is none."""
-    in_keys = site_keys(in_coords, geom.shape)
-    order = np.argsort(in_keys, kind="stable")
-    sorted_keys = in_keys[order]
-    if len(sorted_keys) > 1 and (np.diff(sorted_keys) == 0).any():
-        dup = order[np.flatnonzero(np.diff(sorted_keys) == 0)[0]]
-        raise ValueError(f"sparse_conv3d: coords: site {in_coords[dup].tolist()} appears in more than one row")
-    shape = np.array(geom.shape)
-    table = np.full((len(out_coords), geom.taps), len(in_coords), dtype=np.int64)
-    if not len(sorted_keys):
+    if sites.ndim != 2 or sites.shape[1] != 4 or sites.dtype != np.int32:
+        raise ValueError(f"{RULEBOOK_OP}: sites: expected (M, 4) int32, got {sites.shape} {sites.dtype}")
+    bad = np.flatnonzero((sites[:, 0] < 0) | (sites[:, 1:] < 0).any(1) | (sites[:, 1:] >= out_shape).any(1))
+    if bad.size:
+        raise ValueError(f"{RULEBOOK_OP}: sites: row {bad[0]} = {sites[bad[0]].tolist()} is outside batch >= 0 "
+                         f"and the output grid {tuple(out_shape)}")
+    table = np.full((len(sites), geom.taps), len(coords), dtype=np.int32)
+    if not c or not len(sites):
         return table
-    base = out_coords[:, 1:].astype(np.int64) * np.array(geom.stride) - np.array(geom.padding)
-    for t, tap in enumerate(_taps(geom)):
-        p = base + np.array(tap)
-        inside = np.flatnonzero(((p >= 0) & (p < shape)).all(1))
-        keys = site_keys(np.concatenate([out_coords[inside, :1], p[inside]], axis=1), geom.shape)
-        pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-        hit = sorted_keys[pos] == keys
-        table[inside[hit], t] = order[pos[hit]]
+    per_axis = []
+    for a in range(3):
+        p = sites[:, 1 + a, None].astype(np.int64) * geom.stride[a] - geom.padding[a] + np.arange(geom.kernel[a])
+        per_axis.append((p, (p >= 0) & (p < geom.shape[a])))
+    keys = _keys_by_tap(sites[:, 0].astype(np.int64), per_axis, geom.shape)
+    in_keys = site_keys(coords[:c], geom.shape)
+    pos = np.minimum(np.searchsorted(in_keys, keys), c - 1)
+    hit = in_keys[pos] == keys  # an invalid (negative) key never equals an input key
+    table.T[hit] = pos[hit]
     return table
 
 
-def sparse_conv3d(features: np.ndarray, coords: np.ndarray, count: np.ndarray, weight: np.ndarray,
-                  bias: np.ndarray, geom: ConvGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SPEC.md semantics; outputs in the dtype of ``features`` (float16 accumulates in float32).
-
-    Each block of output rows gathers its (rows, taps x Cin) neighbourhood, with a zero row standing
-    in for missing neighbours, and multiplies it by the (taps x Cin, Cout) filter: one GEMM per
-    block instead of a gather, a GEMM and a scatter per tap."""
-    c = check_inputs(features, coords, count, weight, bias, geom)
-    compute = np.float64 if features.dtype == np.float64 else np.float32
-    cin, cout = weight.shape[3], weight.shape[4]
-    rows = np.zeros((c + 1, cin), dtype=compute)
-    rows[:c] = features[:c]
-    in_coords = coords[:c]
-    out_coords = output_sites(in_coords, geom)[: geom.out_capacity]
-    m = len(out_coords)
-    w = weight.astype(compute, copy=False).reshape(geom.taps * cin, cout)
-    out = np.zeros((geom.out_capacity, cout), dtype=compute)
-    if m:
-        table = neighbour_table(in_coords, out_coords, geom)
-        step = max(1, BLOCK_ELEMENTS // (geom.taps * cin))
-        for s in range(0, m, step):
-            e = min(s + step, m)
-            out[s:e] = rows[table[s:e]].reshape(e - s, geom.taps * cin) @ w
-        out[:m] += bias.astype(compute)
-    padded = np.full((geom.out_capacity, 4), -1, dtype=np.int32)
-    padded[:m] = out_coords
-    return out.astype(features.dtype, copy=False), padded, np.array([m], dtype=np.int32)
-
-
 def capacity(in_capacity: int, geom: ConvGeometry, batch_size: int) -> int:
-    """Rows that can never overflow (SPEC): each input reaches at most prod(ceil(k / s)) output
+    """Sites that can never overflow (SPEC): each input reaches at most prod(ceil(k / s)) output
     sites, and there are only so many cells."""
     if geom.subm:
         return in_capacity

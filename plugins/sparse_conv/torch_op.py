@@ -1,60 +1,86 @@
-"""``torch.ops.fuller.sparse_conv3d``: the op as PyTorch sees it (SPEC.md), for export and for
-running the exported network's layout in PyTorch. Importing this module registers the op.
+"""``torch.ops.fuller.sparse_sites`` and ``torch.ops.fuller.sparse_rulebook``: the index ops as
+PyTorch sees them (SPEC.md), so the exporter can trace the layer composition of SPEC.md and the
+TorchScript exporter can turn the two ops into ``fuller::SparseSites`` / ``fuller::SparseRulebook``
+nodes. Importing this module registers the ops.
 
-CPU runs the NumPy kernel (`rulebook.py`), CUDA the Triton kernel. There is no autograd: training
-uses spconv's layers, and the exporter folds them into this op (`fuller.export.lidar`).
-`register_onnx_symbolic` maps the op to the ``fuller::SparseConv3d`` node for the TorchScript
-exporter, with the per-axis scalar attributes of the schema.
+CPU runs the NumPy kernels (`rulebook.py`), CUDA the Triton kernels. Integer outputs, so there is
+no autograd: training uses spconv's layers, and the exporter folds them into this composition
+(`fuller.export.lidar`). The row count of the outputs is data-dependent; the symbolics leave that
+dimension unnamed so the graph carries it as dynamic.
 """
 from __future__ import annotations
 
 import torch
 
-from .reference import AXES, ConvGeometry
-from .rulebook import sparse_conv3d as sparse_conv3d_numpy
-from .schema import AOT, DOMAIN, OP_TYPE
+from .reference import ConvGeometry
+from .rulebook import sparse_rulebook as sparse_rulebook_numpy
+from .rulebook import sparse_sites as sparse_sites_numpy
+from .schema import AOT, DOMAIN, RULEBOOK, SITES
 
 
-def _geometry(kernel, stride, padding, shape, subm, out_capacity) -> ConvGeometry:
+def _geometry(kernel, stride, padding, shape, subm=False, out_capacity=0) -> ConvGeometry:
     return ConvGeometry(tuple(kernel), tuple(stride), tuple(padding), tuple(shape), bool(subm), int(out_capacity))
 
 
-@torch.library.custom_op("fuller::sparse_conv3d", mutates_args=())
-def sparse_conv3d(features: torch.Tensor, coords: torch.Tensor, count: torch.Tensor, weight: torch.Tensor,
-                  bias: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], shape: list[int],
-                  subm: bool, out_capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out_features (out_capacity, Cout), out_coords (out_capacity, 4) int32, out_count (1,) int32)."""
+@torch.library.custom_op("fuller::sparse_sites", mutates_args=())
+def sparse_sites(coords: torch.Tensor, count: torch.Tensor, kernel: list[int], stride: list[int],
+                 padding: list[int], shape: list[int], subm: bool,
+                 out_capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out_coords (M, 4) int32, out_count (1,) int32)."""
     geom = _geometry(kernel, stride, padding, shape, subm, out_capacity)
-    if features.device.type != "cpu":
-        from .triton_kernel import sparse_conv3d_triton
-        return sparse_conv3d_triton(features, coords, count, weight, bias, geom)
-    out = sparse_conv3d_numpy(features.detach().numpy(), coords.numpy(), count.numpy(), weight.detach().numpy(),
-                              bias.detach().numpy(), geom)
-    return tuple(torch.from_numpy(o) for o in out)
+    if coords.device.type != "cpu":
+        from .triton_kernel import sparse_sites_triton
+        return sparse_sites_triton(coords, count, geom)
+    return tuple(torch.from_numpy(o) for o in sparse_sites_numpy(coords.numpy(), count.numpy(), geom))
 
 
-@sparse_conv3d.register_fake
-def _sparse_conv3d_fake(features, coords, count, weight, bias, kernel, stride, padding, shape, subm, out_capacity):
-    cap = int(out_capacity)
-    return (features.new_empty((cap, weight.shape[-1])), coords.new_empty((cap, 4)), count.new_empty((1,)))
+@sparse_sites.register_fake
+def _sparse_sites_fake(coords, count, kernel, stride, padding, shape, subm, out_capacity):
+    rows = torch.library.get_ctx().new_dynamic_size(max=int(out_capacity))
+    return coords.new_empty((rows, 4)), count.new_empty((1,))
+
+
+@torch.library.custom_op("fuller::sparse_rulebook", mutates_args=())
+def sparse_rulebook(coords: torch.Tensor, count: torch.Tensor, sites: torch.Tensor, kernel: list[int],
+                    stride: list[int], padding: list[int], shape: list[int]) -> torch.Tensor:
+    """neighbours (M, taps) int32, N where there is no neighbour."""
+    geom = _geometry(kernel, stride, padding, shape)
+    if coords.device.type != "cpu":
+        from .triton_kernel import sparse_rulebook_triton
+        return sparse_rulebook_triton(coords, count, sites, geom)
+    return torch.from_numpy(sparse_rulebook_numpy(coords.numpy(), count.numpy(), sites.numpy(), geom))
+
+
+@sparse_rulebook.register_fake
+def _sparse_rulebook_fake(coords, count, sites, kernel, stride, padding, shape):
+    taps = int(kernel[0]) * int(kernel[1]) * int(kernel[2])
+    return sites.new_empty((sites.shape[0], taps))
 
 
 def register_onnx_symbolic(opset: int) -> None:
-    """Teach the TorchScript exporter the ``fuller::SparseConv3d`` node."""
+    """Teach the TorchScript exporter the ``fuller::SparseSites`` and ``fuller::SparseRulebook`` nodes."""
     from torch.onnx import register_custom_op_symbolic, symbolic_helper
 
-    @symbolic_helper.parse_args("v", "v", "v", "v", "v", "is", "is", "is", "is", "b", "i")
-    def symbolic(g, features, coords, count, weight, bias, kernel, stride, padding, shape, subm, out_capacity):
+    @symbolic_helper.parse_args("v", "v", "is", "is", "is", "is", "b", "i")
+    def sites_symbolic(g, coords, count, kernel, stride, padding, shape, subm, out_capacity):
         attrs = _geometry(kernel, stride, padding, shape, subm, out_capacity).attributes()
-        outs = g.op(f"{DOMAIN}::{OP_TYPE}", features, coords, count, weight, bias,
-                    **{f"{k}_i": v for k, v in attrs.items()}, plugin_namespace_s=DOMAIN, aot_i=AOT, outputs=3)
-        cout = symbolic_helper._get_tensor_sizes(weight)[-1]
-        outs[0].setType(features.type().with_sizes([out_capacity, cout]))
-        outs[1].setType(coords.type().with_sizes([out_capacity, 4]))
-        outs[2].setType(count.type().with_sizes([1]))
-        return outs
+        out_coords, out_count = g.op(f"{DOMAIN}::{SITES}", coords, count, **{f"{k}_i": v for k, v in attrs.items()},
+                                     plugin_namespace_s=DOMAIN, aot_i=AOT, outputs=2)
+        out_coords.setType(coords.type().with_sizes([None, 4]))
+        out_count.setType(count.type().with_sizes([1]))
+        return out_coords, out_count
 
-    register_custom_op_symbolic("fuller::sparse_conv3d", symbolic, opset)
+    @symbolic_helper.parse_args("v", "v", "v", "is", "is", "is", "is")
+    def rulebook_symbolic(g, coords, count, sites, kernel, stride, padding, shape):
+        geom = _geometry(kernel, stride, padding, shape)
+        neighbours = g.op(f"{DOMAIN}::{RULEBOOK}", coords, count, sites,
+                          **{f"{k}_i": v for k, v in geom.attributes(sites=False).items()},
+                          plugin_namespace_s=DOMAIN, aot_i=AOT)
+        neighbours.setType(sites.type().with_sizes([None, geom.taps]))
+        return neighbours
+
+    register_custom_op_symbolic("fuller::sparse_sites", sites_symbolic, opset)
+    register_custom_op_symbolic("fuller::sparse_rulebook", rulebook_symbolic, opset)
 
 
-__all__ = ["sparse_conv3d", "register_onnx_symbolic", "AXES"]
+__all__ = ["sparse_sites", "sparse_rulebook", "register_onnx_symbolic"]

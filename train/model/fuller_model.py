@@ -82,8 +82,8 @@ class FullerModel(nn.Module):
         """The BEV maps entering the fuser, camera first; gradient-balanced while training.
 
         ``sparse_encoder`` stands in for the trained LiDAR encoder: the export passes its folded
-        chain of ``fuller::SparseConv3d`` ops, which takes the graph's fixed-capacity voxel list
-        (features, coords, count) as it is."""
+        layers (sparse index ops plus Gather and MatMul), which take the graph's fixed-capacity
+        voxel list (features, coords, count) as it is."""
         bevs = []
         if self.camera is not None:
             bevs.append(self.camera(inputs.images, inputs.pool))
