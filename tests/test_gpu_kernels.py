@@ -6,7 +6,7 @@ run under Triton's interpreter on the CPU in one subprocess (``kernel_calls.py``
 TRITON_INTERPRET=1 for itself only, so no other test of the session sees it); that checks the
 kernels' logic but not their compiled code. The PTX that TensorRT embeds is still compiled for an
 sm_90 target, its parameter list checked to be exactly what TensorRT passes, and assembled by
-Triton's ptxas. Launching that PTX the way TensorRT does needs a GPU and cuda-python (the gpu
+Triton's ptxas. Launching that PTX the way TensorRT does needs a GPU and cuda-python (the gpu-train
 extra). Without Triton everything skips with the reason.
 
 Tolerances: BevPool's float32 inputs agree with the float64 reference to 1e-5 relative (float32
@@ -135,13 +135,13 @@ def test_bev_pool_rejects_bad_input():
 
 
 def _driver():
-    """cuda-python's driver API, which the gpu extra installs: ``cuda.bindings.driver`` since
-    cuda-python 12.6, ``cuda.cuda`` before."""
+    """cuda-python's driver API, which the gpu-train and vehicle extras install (cuda-bindings):
+    ``cuda.bindings.driver`` since cuda-python 12.6, ``cuda.cuda`` before."""
     try:
         from cuda.bindings import driver
     except ImportError:
-        driver = pytest.importorskip("cuda.cuda", reason="needs cuda-python (pip install cuda-python; the gpu "
-                                                         "extra has it) to launch PTX through the driver")
+        driver = pytest.importorskip("cuda.cuda", reason="needs cuda-bindings (pip install fuller[gpu-train]) "
+                                                         "to launch PTX through the driver")
     return driver
 
 
