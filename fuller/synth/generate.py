@@ -36,6 +36,9 @@ LEAD_IN = SAMPLE_PERIOD
 # (20 Hz LiDAR, i.e. 9 sweeps between 2 Hz keyframes, and 1600 x 900 images).
 RATES = {"default": (2, 0.5), "nuscenes": (9, 1.0)}
 ANNOTATION_RANGE = 70.0
+# The recording car starts on an arterial leg within this of the town centre (the town's outer arterials
+# have nothing beyond them) and keeps to the arterials, as survey drives keep to main roads.
+EGO_START_RADIUS = 130.0
 START_TIMESTAMP_US = 1_532_402_927_647_951
 
 
@@ -233,14 +236,15 @@ class SceneSimulator:
         return self.tables
 
     def _drive_and_traffic(self) -> None:
-        """The ego's route and speed, and the agents populated along it."""
+        """The ego's route along the arterials and its speed, and the agents populated along it."""
         rng, town = self.rng, self.town
         graph = RoadGraph(town)
         self.duration = (self.opts.samples_per_scene - 1) * SAMPLE_PERIOD
-        start, heading = graph.random_leg(rng, np.array([town.width, town.height]) / 2, 1e9)
+        start, heading = graph.random_leg(rng, np.array([town.width, town.height]) / 2, EGO_START_RADIUS,
+                                          arterials=True)
         speed = float(rng.uniform(5.0, 10.0))
         ego = graph.random_route(rng, start, heading, 0, speed * (self.duration + LEAD_IN) + 20.0,
-                                 float(rng.uniform(0.0, 0.5)))
+                                 float(rng.uniform(0.0, 0.5)), arterials=True)
         ego.speed, ego.wobble, ego.omega, ego.s0 = speed, 0.15 * speed / 0.3, 0.3, speed * LEAD_IN
         self.ego = ego
         self.agents = populate(town, graph, ego, self.duration, rng, self.opts.density, LEAD_IN)

@@ -2,8 +2,8 @@
 
 Geometry is normalised the way the real files are: `node` records hold coordinates, `line` and
 `polygon` records hold node tokens, and each layer record points to its geometry. Everything is the
-town's world geometry (`Town.layer_polygons`, `Town.layer_lines`): roads curve, so dividers are
-polylines with a node every metre, one per road segment, and lanes and kerbs follow the curves.
+town's world geometry (`Town.layer_polygons`, `Town.layer_lines`): local streets curve, so dividers
+are polylines with a node every metre, one per road segment, and lanes and kerbs follow the curves.
 """
 from __future__ import annotations
 

@@ -118,9 +118,9 @@ class RoadGraph:
         return None
 
     def random_route(self, rng: np.random.Generator, start: tuple[int, int], heading: int, lane: int,
-                     min_length: float, start_fraction: float) -> Trajectory:
+                     min_length: float, start_fraction: float, arterials: bool = False) -> Trajectory:
         """A lane-following world path from a point on the leg leaving `start`, turning at random
-        (`min_length` is measured in the plan)."""
+        (`min_length` is measured in the plan); with `arterials`, turning only onto arterials."""
         i, j = start
         pts: list[np.ndarray] = []
         length, first = 0.0, True
@@ -137,7 +137,7 @@ class RoadGraph:
             pts.extend([a, b])
             length += float(np.linalg.norm(b - a))
             options = [h for h in ((heading + 1) % 4, (heading + 3) % 4, heading)
-                       if self.step(*nxt, h) is not None]
+                       if self.step(*nxt, h) is not None and (self.road_along(*nxt, h).arterial or not arterials)]
             if length >= min_length or not options:
                 break
             new = heading if heading in options and rng.random() < 0.5 else int(rng.choice(options))
@@ -154,14 +154,16 @@ class RoadGraph:
             i, j, heading = nxt[0], nxt[1], new
         return Trajectory(points=self.town.warp(_polyline(pts)))
 
-    def random_leg(self, rng: np.random.Generator, near: np.ndarray, radius: float) -> tuple[tuple[int, int], int]:
-        """A (start node, heading) whose leg passes within `radius` of `near`."""
+    def random_leg(self, rng: np.random.Generator, near: np.ndarray, radius: float,
+                   arterials: bool = False) -> tuple[tuple[int, int], int]:
+        """A (start node, heading) whose leg passes within `radius` of `near`; with `arterials`, a leg
+        of an arterial."""
         legs = []
         for i in range(len(self.vroads)):
             for j in range(len(self.hroads)):
                 for h in range(4):
                     nxt = self.step(i, j, h)
-                    if nxt is None:
+                    if nxt is None or (arterials and not self.road_along(i, j, h).arterial):
                         continue
                     mid = 0.5 * (self.node(i, j) + self.node(*nxt))
                     if np.linalg.norm(mid - near) < radius:
@@ -186,8 +188,8 @@ def sidewalk_loop(town: Town, block: tuple[int, int], clockwise: bool) -> np.nda
 
 
 def crossing_path(town: Town, crossing: dict, forward: bool) -> np.ndarray:
-    """World path across a pedestrian crossing, sidewalk to sidewalk (straight: crossings lie where
-    the roads do not bend)."""
+    """World path across a pedestrian crossing, sidewalk to sidewalk: straight in the plan, bent with
+    the street (a crossing on a local street lies where its bow begins)."""
     road = town.segments[crossing["segment"]].road
     x0, y0, x1, y1 = crossing["polygon"].bounds
     reach = road.half_width + WALKWAY_WIDTH / 2

@@ -1,14 +1,18 @@
-"""A procedurally generated town: a grid of two-way roads with the map layers nuScenes annotates.
+"""A procedurally generated town: a grid of two-way streets with the map layers nuScenes annotates.
 
 The town is the single source of the world's static geometry. The map-expansion writer turns it
 into the devkit's JSON, the camera renderer and the LiDAR read the painted ground from its label
 raster, and agents drive and walk along its lanes and sidewalks. Global frame: x east, y north,
 metres, ground at z = 0; the canvas spans [0, width] x [0, height] as in the real map files.
 
-The layout is drawn on a straight grid (the *plan*) and then bent into the world by `Bends`: roads
-curve gently between intersections, as real streets do, so dividers, lanes and kerbs are curved
-polylines of many nodes. Layout code (agents, routes) works in the plan; everything sensors and
-maps see goes through `Town.warp`.
+The layout is drawn on a straight grid (the *plan*): straight arterials about 100 m apart, and through
+the middle of every superblock they enclose a local street in each direction. `Bends` bends the plan
+into the world: the local streets wind between their intersections, as residential streets do, so
+their dividers, lanes and kerbs are curved polylines of many nodes. The spacing matches the 100 m map
+patch the reader rasterises around the ego, which keeps to the arterials: the winding local streets
+run along the patch's side edges, where a curved divider leaves the patch and comes back, as dividers
+near curved roads do on the real maps. Layout code (agents, routes) works in the plan; everything
+sensors and maps see goes through `Town.warp`.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import shapely
 from PIL import Image, ImageDraw
-from shapely.geometry import LineString, Polygon, box
+from shapely.geometry import LineString, MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import substring, unary_union
 
@@ -30,10 +34,14 @@ PAINT_WIDTH = 0.15
 MARGIN = 40.0
 RASTER_RES = 0.1
 NODE_SPACING = 1.0  # metres between map nodes along lines and curved edges (real maps: about 1 to 2 m)
-# Straight road kept beyond each intersection's edge: its crossing and stop line lie within it.
-STRAIGHT_APPROACH = CROSSING_SETBACK + CROSSING_WIDTH + 2.0
-MAX_BOW = 4.0  # largest sideways bow of a road between two intersections
-MIN_RADIUS = 40.0  # tightest curve a bow may make
+SUPERBLOCK = (95.0, 105.0)  # range of the spacing between arterials
+LOCAL_JITTER = 1.5  # how far a local street may lie off the middle of its superblock
+LOCAL_TWO_LANES = 0.7  # share of local streets with two lanes each way (arterials all have two)
+MAX_BOW = 5.0  # largest sideways bow of a local street between two intersections
+MIN_RADIUS = 20.0  # tightest curve a bow may make (a residential street's, about 30 km/h)
+CARPARK_SHARE = 0.3  # share of the blocks with a car park
+CARPARK_DEPTH = (17.0, 21.0)  # two rows of slots and the aisle between them
+CARPARK_LENGTH = (16.0, 26.0)
 
 # Ground labels of the raster the sensors see. Paint is what cameras (and LiDAR intensity) see of
 # the markings; the map layers are the annotated regions the paint belongs to.
@@ -42,13 +50,15 @@ GRASS, ASPHALT, WALKWAY, CARPARK, WHITE_PAINT, YELLOW_PAINT = range(6)
 
 @dataclass
 class Road:
-    """A straight two-way road on a grid line. `axis` 0 runs along x (constant y), 1 along y."""
+    """A straight two-way road on a grid line. `axis` 0 runs along x (constant y), 1 along y. Arterials
+    bound the superblocks and stay straight; the local streets between them wind."""
 
     axis: int
     coord: float
     lanes_per_direction: int
     start: float
     end: float
+    arterial: bool = False
 
     @property
     def half_width(self) -> float:
@@ -69,15 +79,15 @@ class Segment:
 class Bends:
     """A smooth, invertible map from the plan to the world: x' = x + f(x, y), y' = y + g(x, y).
 
-    Between two intersections each road bows sideways with a sin^2 profile (zero offset and zero
-    slope at both ends, so it leaves every intersection straight and its crossings and stop lines
-    keep their shape); the blocks between two roads follow by a smoothstep blend of the roads'
-    bows. Intersections stay exactly where the plan has them. Bows are small against the distance
-    they act over, so the offsets' gradient stays well below 1 (about 0.2), which keeps the map
-    invertible.
+    Between two intersections a local street bows sideways with a sin^2 profile (zero offset and zero
+    slope at both ends, so it leaves every intersection straight and intersections keep their shape);
+    the blocks between two roads follow by a smoothstep blend of the roads' bows, flat at each kerb,
+    so a street shifts as a whole and keeps its width. Intersections stay exactly where the plan has
+    them. Bows are small against the distance they act over, so the offsets' gradient stays at about
+    0.3 or less, which keeps the map invertible.
     """
 
-    x_zones: np.ndarray  # (K, 2): x intervals between consecutive roads along y, past their straight approaches
+    x_zones: np.ndarray  # (K, 2): x intervals between the kerbs of consecutive roads along y
     y_zones: np.ndarray  # (J, 2): likewise in y, between consecutive roads along x
     x_bows: np.ndarray  # (K + 1, J): sideways (x) bow of each road along y, in each y interval
     y_bows: np.ndarray  # (J + 1, K): sideways (y) bow of each road along x, in each x interval
@@ -195,18 +205,24 @@ class Town:
         return out
 
 
-def generate_town(rng: np.random.Generator, blocks: tuple[int, int] = (4, 4)) -> Town:
-    """Lay out a grid town: block sizes, road widths, crossings, car parks are drawn from `rng`."""
-    def grid_lines(n_blocks: int) -> list[float]:
-        sizes = rng.uniform(70.0, 110.0, size=n_blocks)
-        return list(MARGIN + np.concatenate([[0.0], np.cumsum(sizes)]))
+def generate_town(rng: np.random.Generator, superblocks: tuple[int, int] = (4, 4)) -> Town:
+    """Lay out a town of (x, y) superblocks: arterial spacing, where the local streets cross them, lane
+    counts, crossings and car parks are drawn from `rng`. Grid lines alternate: arterials (two lanes
+    each way) at even indices, local streets (one or two) at odd ones."""
+    def grid_lines(n: int) -> list[float]:
+        sizes = rng.uniform(*SUPERBLOCK, size=n)
+        edges = np.concatenate([[0.0], np.cumsum(sizes)])
+        middles = edges[:-1] + sizes / 2 + rng.uniform(-LOCAL_JITTER, LOCAL_JITTER, size=n)
+        return list(MARGIN + np.sort(np.concatenate([edges, middles])))
 
-    xs, ys = grid_lines(blocks[0]), grid_lines(blocks[1])
+    xs, ys = grid_lines(superblocks[0]), grid_lines(superblocks[1])
     width, height = xs[-1] + MARGIN, ys[-1] + MARGIN
     roads = []
     for axis, coords, (lo, hi) in ((1, xs, (ys[0], ys[-1])), (0, ys, (xs[0], xs[-1]))):
-        for c in coords:
-            roads.append(Road(axis, c, int(rng.choice([1, 2], p=[0.4, 0.6])), lo, hi))
+        for k, c in enumerate(coords):
+            arterial = k % 2 == 0
+            lanes = 2 if arterial else int(rng.choice([1, 2], p=[1.0 - LOCAL_TWO_LANES, LOCAL_TWO_LANES]))
+            roads.append(Road(axis, c, lanes, lo, hi, arterial))
     town = Town(width=width, height=height, xs=xs, ys=ys, roads=roads)
     vroads = [r for r in roads if r.axis == 1]
     hroads = [r for r in roads if r.axis == 0]
@@ -220,19 +236,26 @@ def generate_town(rng: np.random.Generator, blocks: tuple[int, int] = (4, 4)) ->
 
 
 def _draw_bends(vroads: list[Road], hroads: list[Road], rng: np.random.Generator) -> Bends:
-    """Each road's bow in each block it passes: uniform in +-MAX_BOW, capped where the block is
-    short so that no curve is tighter than MIN_RADIUS (a sin^2 bow of amplitude a over length L
-    has its tightest radius L^2 / (2 pi^2 a))."""
+    """Each local street's bow in each block it passes, from kerb to kerb of the crossing roads: 0.7 to
+    1 times the largest that keeps every curve at MIN_RADIUS or wider (a sin^2 bow of amplitude a over
+    length L has its tightest radius L^2 / (2 pi^2 a)), to alternating sides block after block. The
+    street snakes, so any 100 m of it bows out to both sides, whichever side of it a map patch's edge
+    runs. Arterials stay straight: the recording car drives them, and on a straight road its map
+    patch stays square to the streets around, whose bows then cross the patch's edges and come back."""
     def zones(roads: list[Road]) -> np.ndarray:
-        return np.array([(r0.coord + r0.half_width + STRAIGHT_APPROACH, r1.coord - r1.half_width - STRAIGHT_APPROACH)
-                         for r0, r1 in zip(roads[:-1], roads[1:])])
+        return np.array([(r0.coord + r0.half_width, r1.coord - r1.half_width) for r0, r1 in zip(roads[:-1], roads[1:])])
 
-    def bows(n_roads: int, zone: np.ndarray) -> np.ndarray:
+    def bows(roads: list[Road], zone: np.ndarray) -> np.ndarray:
         limit = np.minimum(MAX_BOW, (zone[:, 1] - zone[:, 0]) ** 2 / (2 * np.pi ** 2 * MIN_RADIUS))
-        return rng.uniform(-1.0, 1.0, size=(n_roads, len(zone))) * limit
+        out = np.zeros((len(roads), len(zone)))
+        for k, road in enumerate(roads):
+            if not road.arterial:
+                side = rng.choice([-1.0, 1.0]) * (-1.0) ** np.arange(len(zone))
+                out[k] = side * rng.uniform(0.7, 1.0, size=len(zone)) * limit
+        return out
 
     x_zones, y_zones = zones(vroads), zones(hroads)
-    return Bends(x_zones, y_zones, bows(len(vroads), y_zones), bows(len(hroads), x_zones))
+    return Bends(x_zones, y_zones, bows(vroads, y_zones), bows(hroads, x_zones))
 
 
 def _rect_along(road: Road, a: float, b: float, lo: float, hi: float) -> Polygon:
@@ -312,8 +335,9 @@ def _add_blocks(town: Town, vroads: list[Road], hroads: list[Road], rng: np.rand
             outer = box(x0, y0, x1, y1)
             inner = box(x0 + WALKWAY_WIDTH, y0 + WALKWAY_WIDTH, x1 - WALKWAY_WIDTH, y1 - WALKWAY_WIDTH)
             town.walkways.append(Polygon(outer.exterior.coords, [inner.exterior.coords]))
-            if rng.random() < 0.5:
-                depth, length = rng.uniform(22.0, 30.0), rng.uniform(30.0, 50.0)
+            if rng.random() < CARPARK_SHARE:
+                depth = rng.uniform(*CARPARK_DEPTH)
+                length = rng.uniform(CARPARK_LENGTH[0], min(CARPARK_LENGTH[1], x1 - x0 - 2 * WALKWAY_WIDTH - 4.0))
                 start = rng.uniform(x0 + WALKWAY_WIDTH + 2.0, x1 - WALKWAY_WIDTH - 2.0 - length)
                 if rng.random() < 0.5:  # along the southern edge of the block
                     poly = box(start, y0 + WALKWAY_WIDTH, start + length, y0 + WALKWAY_WIDTH + depth)
@@ -345,8 +369,8 @@ def _rasterise(town: Town) -> np.ndarray:
     for seg in town.layer_polygons("road_segment"):
         fill(seg, ASPHALT)
     for crossing in town.ped_crossings:
-        for stripe in _zebra(crossing["polygon"], town.segments[crossing["segment"]].road):
-            fill(town.world(stripe), WHITE_PAINT)
+        stripes = _zebra(crossing["polygon"], town.segments[crossing["segment"]].road)
+        fill(town.world(MultiPolygon(stripes)), WHITE_PAINT)
     for stop in town.layer_polygons("stop_line"):
         fill(stop, WHITE_PAINT)
     for line in town.layer_lines("road_divider"):
