@@ -37,13 +37,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 
+from fuller.plugins import custom_output_types
+
 FP32_OPS = ("Resize", "Upsample", "NonMaxSuppression", "Range", "CumSum")
 # Largest finite float16: initializer values beyond it are clipped to it (not to the converter's
 # default 1e4, which would alter representable constants).
 FP16_MAX = 65504.0
-# Output element types of the custom ops, in output order (ONNX TensorProto codes: 1 float, 6 int32).
-CUSTOM_OUTPUT_TYPES = {("fuller", "BevPool"): (1,), ("fuller", "SparseSites"): (6, 6),
-                       ("fuller", "SparseRulebook"): (6,)}
 
 
 def _name_nodes(graph) -> None:
@@ -60,9 +59,10 @@ def _name_nodes(graph) -> None:
 def _declare_custom_outputs(graph) -> None:
     from onnx import helper
 
+    types = custom_output_types()
     known = {v.name for v in (*graph.value_info, *graph.output)}
     for node in graph.node:
-        for name, elem_type in zip(node.output, CUSTOM_OUTPUT_TYPES.get((node.domain, node.op_type), ())):
+        for name, elem_type in zip(node.output, types.get((node.domain, node.op_type), ())):
             if name and name not in known:
                 graph.value_info.append(helper.make_tensor_value_info(name, elem_type, None))
 

@@ -24,6 +24,17 @@ def register_onnx_schemas() -> None:
                 defs.register_schema(schema)
 
 
+def custom_output_types() -> dict[tuple[str, str], tuple[int, ...]]:
+    """{(domain, op type): each output's ONNX element type}, from the schemas: a fixed-type output
+    (``tensor(int32)``) keeps it, a type-variable one (``T``) is float32, the type the exporter
+    writes. The float16 cast declares these, since shape inference knows nothing of custom ops."""
+    from onnx import TensorProto, defs
+
+    fixed = {"tensor(int32)": TensorProto.INT32, "tensor(float)": TensorProto.FLOAT}
+    return {(schema.domain, schema.name): tuple(fixed.get(out.type_str, TensorProto.FLOAT) for out in schema.outputs)
+            for name in OP_PACKAGES for schema in importlib.import_module(f"{__name__}.{name}.schema").schemas()}
+
+
 def _return_arrays(kernel_id, feed, attributes):
     """onnxruntime-extensions' Python-op invocation hook, returning each output as a flat NumPy
     array where the stock hook returns ``array.flatten().tolist()``. The native side takes either;

@@ -157,18 +157,26 @@ def test_onnxruntime_fuses_every_sparse_layer_and_agrees_with_the_standard_ops(s
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
 
 
-def test_folded_sparse_encoder_equals_spconv(exported, frames):
+def test_folded_sparse_encoder_equals_spconv(exported, frames, monkeypatch):
+    """Same BEV as the trained spconv encoder, computing one rulebook per (input sites, output
+    sites, kernel) as spconv's ``indice_key`` does (the exporter would also merge repeated
+    identical nodes, so the graph's node count cannot show this)."""
     from fuller.export.lidar import ExportSparseEncoder
 
     _, cfg, model = exported
     folded = ExportSparseEncoder(model.lidar, cfg.geometry.max_voxels)
+    rulebook, calls = torch.ops.fuller.sparse_rulebook, []
+    monkeypatch.setattr(torch.ops.fuller, "sparse_rulebook", lambda *a: calls.append(1) or rulebook(*a))
+    stages = len(cfg.model.lidar_channels)
     for feeds in frames[:2]:
+        calls.clear()
         n = int(feeds["voxel_count"][0])
         with torch.no_grad():
             want = model.lidar(torch.from_numpy(feeds["voxel_features"][:n]),
                                torch.from_numpy(feeds["voxel_coords"][:n]), 1)
             got = folded(*(torch.from_numpy(feeds[k]) for k in contract.LIDAR_INPUTS))
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        assert len(calls) == 2 * stages + 1  # of 1 + 2 + 3 * (stages - 1) + 1 layers
 
 
 def test_groupnorm_lidar_encoder_is_refused_with_the_reason():
