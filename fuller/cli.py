@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from fuller.commands import (ablate_cmd, bench_cmd, config_cmd, data_cmd, demo_cmd, export_cmd, infer_cmd, ros_cmd,
-                             selftest_cmd, show_cmd, train_cmd)
+                             selftest_cmd, show_cmd, study_cmd, train_cmd)
 from fuller.config import ConfigError
 from fuller.errors import UserInputError
 
-COMMANDS = (demo_cmd, data_cmd, show_cmd, train_cmd, ablate_cmd, export_cmd, infer_cmd, ros_cmd, bench_cmd, config_cmd,
+COMMANDS = (demo_cmd, data_cmd, show_cmd, train_cmd, ablate_cmd, study_cmd, export_cmd, infer_cmd, ros_cmd, bench_cmd, config_cmd,
             selftest_cmd)
 
 

@@ -272,8 +272,11 @@ class DataConfig:
 MODALITIES = ("camera", "lidar")
 TASKS = ("det", "map")
 NORMS = ("bn", "gn")
-INTER_METHODS = ("imtl", "sum", "static", "pcgrad", "mgda", "cagrad", "aligned", "uncertainty")
+INTER_METHODS = ("imtl", "sum", "static", "pcgrad", "mgda", "cagrad", "aligned", "uncertainty", "bounded",
+                 "imtl_rescaled")
 INTRA_TARGETS = ("mean", "max", "min", "camera", "lidar")
+INTRA_MODES = ("norm", "per_task")
+MAP_LOSSES = ("focal", "focal_mean", "bce")
 
 
 @dataclass
@@ -302,7 +305,8 @@ class ModelConfig:
     det_max_boxes: int = 200  # top-K peaks decoded inside the network
     det_bbox_weight: float = 0.25  # L1 box-regression loss weight relative to the heatmap loss
     map_head: str = "standard"  # standard, or light (depthwise-separable convs)
-    map_loss: str = "focal"  # focal or bce
+    map_loss: str = "focal"  # focal (BEVFusion's: per-class focal means, summed), focal_mean or bce
+    map_loss_weight: float = 1.0  # the map loss enters the task losses times this
 
     def validate(self, path: str = "model") -> None:
         for name, known in (("modalities", MODALITIES), ("tasks", TASKS)):
@@ -310,7 +314,8 @@ class ModelConfig:
         _check(self.norm in NORMS, f"{path}.norm", f"one of {list(NORMS)}", repr(self.norm))
         _check(self.backbone_depth in (18, 34), f"{path}.backbone_depth", "18 or 34", self.backbone_depth)
         _check(self.map_head in ("standard", "light"), f"{path}.map_head", "standard or light", repr(self.map_head))
-        _check(self.map_loss in ("focal", "bce"), f"{path}.map_loss", "focal or bce", repr(self.map_loss))
+        _check(self.map_loss in MAP_LOSSES, f"{path}.map_loss", f"one of {list(MAP_LOSSES)}", repr(self.map_loss))
+        _check(self.map_loss_weight > 0, f"{path}.map_loss_weight", "a positive weight", self.map_loss_weight)
         _check(len(self.lidar_channels) >= 2, f"{path}.lidar_channels", "at least 2 stages", list(self.lidar_channels))
         _check(len(self.decoder_layers) == len(self.decoder_channels), f"{path}.decoder_layers",
                f"one entry per decoder level ({len(self.decoder_channels)})", list(self.decoder_layers))
@@ -359,6 +364,13 @@ class TrainConfig:
     inter_weights: list[float] = field(default_factory=list)  # for inter=static, one per task
     intra: bool = True  # equalise the camera and LiDAR gradient norms at the fuser input
     intra_target: str = "mean"  # the common norm: mean, max or min of the two, or one modality's
+    # norm: both branch gradients to a common norm; per_task: each task's gradient to a common
+    # per-element RMS in both branches, then summed (docs/training.md)
+    intra_mode: str = "norm"
+    inter_epsilon: float = 0.1  # for inter=bounded: the fraction of detection's rate it may give up
+    task_diagnostics: bool = False  # per-task gradients at the fuser input and the last shared layer
+    val_every: int = 0  # steps between held-out losses on val_samples of the val split (0: off)
+    val_samples: int = 8
 
     def validate(self, path: str = "train") -> None:
         for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
@@ -374,6 +386,11 @@ class TrainConfig:
                repr(self.intra_target))
         _check(all(w >= 0 for w in self.inter_weights), f"{path}.inter_weights", "non-negative weights",
                list(self.inter_weights))
+        _check(self.intra_mode in INTRA_MODES, f"{path}.intra_mode", f"one of {list(INTRA_MODES)}",
+               repr(self.intra_mode))
+        _check(0 < self.inter_epsilon < 1, f"{path}.inter_epsilon", "a fraction in (0, 1)", self.inter_epsilon)
+        _check(self.val_every >= 0, f"{path}.val_every", "an integer >= 0 (0: off)", self.val_every)
+        _check(self.val_samples >= 1, f"{path}.val_samples", "an integer >= 1", self.val_samples)
 
 
 @dataclass

@@ -119,7 +119,7 @@ def test_bad_dataroot_errors_name_the_path(tmp_path, tiny, synth_root):
     (tmp_path / "v1.0-mini" / "scene.json").write_text("[]")
     with pytest.raises(DatasetError, match="missing tables .*sample.json"):
         open_nuscenes(tmp_path, "v1.0-mini")
-    with pytest.raises(DatasetError, match="not a nuScenes split"):
+    with pytest.raises(DatasetError, match="neither a nuScenes split"):
         NuScenesDataset(tiny, synth_root, "mini_test")
 
 

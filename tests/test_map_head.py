@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from fuller.config import BEVGrid, load_config
+from fuller.config import BEVGrid, load_config, updated_config
+from fuller.train.batching import Collator
+from fuller.train.model import build_model
 from fuller.train.model.losses import sigmoid_focal_loss
 from fuller.train.model.map_head import BEVGridTransform, MapHead
 
@@ -124,18 +126,36 @@ def test_sigmoid_focal_loss_against_naive():
         sigmoid_focal_loss(logits, target[0])
 
 
-@pytest.mark.parametrize("kind", ["focal", "bce"])
+@pytest.mark.parametrize("kind", ["focal", "focal_mean", "bce"])
 def test_head_loss_against_naive(kind):
     cfg = load_config("tiny", [f"model.map_loss={kind}"])
     head = MapHead(cfg, 8)
     torch.manual_seed(1)
-    logits = torch.randn(1, 6, 5, 7) * 2
-    masks = torch.rand(1, 6, 5, 7) > 0.5
+    logits = torch.randn(2, 6, 5, 7) * 2
+    masks = torch.rand(2, 6, 5, 7) > 0.5
+    masks[:, 2] = torch.rand(2, 5, 7) > 0.9  # classes of different frequency: the reductions differ
     got = float(head.loss(logits, masks))
-    want = naive_focal(logits, masks, 0.25, 2.0) if kind == "focal" else naive_bce(logits, masks)
+    if kind == "focal":  # BEVFusion: a mean per class, summed over classes, no alpha
+        want = sum(naive_focal(logits[:, c], masks[:, c], -1.0, 2.0) for c in range(6))
+    elif kind == "focal_mean":
+        want = naive_focal(logits, masks, 0.25, 2.0)
+    else:
+        want = naive_bce(logits, masks)
     assert got == pytest.approx(want, rel=1e-5)
     with pytest.raises(ValueError, match="masks: expected a bool tensor of the logits' shape"):
         head.loss(logits, masks[:, :5])
+
+
+def test_map_loss_weight_scales_the_task_loss(small_cfg, small_samples):
+    losses = []
+    for weight in (1.0, 3.0):
+        torch.manual_seed(0)
+        model = build_model(updated_config(small_cfg, {"model.map_loss_weight": weight})).eval()
+        batch = Collator(small_cfg)(small_samples[:1])
+        with torch.no_grad():
+            z = model.trunk(batch.inputs)
+            losses.append(float(model.task_losses(z, batch.targets)[0]["map"]))
+    assert losses[1] == pytest.approx(3.0 * losses[0], rel=1e-6)
 
 
 def test_head_checks_its_input():

@@ -239,7 +239,8 @@ def test_cli_ablate_and_bench_run_end_to_end(synth_root, tmp_path, capsys):
     assert main(["bench", "train", "--data", synth_root, "--rounds", "1", "--warmup", "0",
                  "--set", *SMALL_NETWORK]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.endswith(tuple("0123456789"))]
-    assert [r.split()[0] for r in rows[-3:]] == ["sum", "FULLER:", "parameter-level"]
+    assert [" ".join(r.split()[:3]) for r in rows[-4:]] == ["sum of losses", "FULLER: IMTL-G at",
+                                                            "FULLER: IMTL-G +", "parameter-level PCGrad (reference)"]
     assert main(["bench", "data", "--config", "tiny", "--data", synth_root, "--workers", "0", "1",
                  "--batches", "2", "--set", *SMALL_NETWORK]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]

@@ -23,15 +23,17 @@ from .trainer import Trainer, default_device
 class Method:
     name: str
     label: str
-    inter: str
-    intra: bool
+    overrides: dict
     parameter_pcgrad: bool = False
 
 
+_PLAIN = {"train.inter": "sum", "train.intra": False, "train.task_diagnostics": False}
 METHODS = (
-    Method("sum", "sum of losses (baseline)", "sum", False),
-    Method("fuller", "FULLER: IMTL-G at z + intra norms", "imtl", True),
-    Method("param_pcgrad", "parameter-level PCGrad (reference)", "sum", False, parameter_pcgrad=True),
+    Method("sum", "sum of losses (baseline)", _PLAIN),
+    Method("fuller", "FULLER: IMTL-G at z + intra norms", {**_PLAIN, "train.inter": "imtl", "train.intra": True}),
+    Method("fuller_per_task", "FULLER: IMTL-G + per-task intra", {**_PLAIN, "train.inter": "imtl",
+                                                                   "train.intra": True, "train.intra_mode": "per_task"}),
+    Method("param_pcgrad", "parameter-level PCGrad (reference)", _PLAIN, parameter_pcgrad=True),
 )
 
 
@@ -52,7 +54,7 @@ def bench_train(cfg: FullerConfig, samples: list, rounds: int = 10, warmup: int 
     batch = Collator(cfg)(samples)
     trainers = {}
     for m in methods:
-        mcfg = updated_config(cfg, {"train.inter": m.inter, "train.intra": m.intra, "train.steps": warmup + rounds})
+        mcfg = updated_config(cfg, {**m.overrides, "train.steps": warmup + rounds})
         trainers[m.name] = Trainer.create(mcfg, device, parameter_pcgrad=m.parameter_pcgrad)
     times: dict[str, list[float]] = {m.name: [] for m in methods}
     for r in range(warmup + rounds):

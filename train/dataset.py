@@ -18,6 +18,11 @@ MEMORY_CACHE_MAX_SAMPLES = 2000
 
 
 class TrainingSet(Dataset):
+    """``reader`` as a torch dataset, its samples kept in memory once read (``cache``; by default
+    for splits up to ``MEMORY_CACHE_MAX_SAMPLES``). Other attributes are the reader's (``nusc``,
+    ``samples``, ``split``), so a cached split also serves the evaluation, which reads them; the
+    ablation shares one per split across all its runs."""
+
     def __init__(self, reader: NuScenesDataset, cache: bool | None = None) -> None:
         self.reader = reader
         self.cache: dict[int, Sample] | None = None
@@ -30,6 +35,11 @@ class TrainingSet(Dataset):
 
     def __len__(self) -> int:
         return len(self.reader)
+
+    def __getattr__(self, name: str):
+        if name in ("reader", "cache"):  # not set yet (unpickling in a loader worker)
+            raise AttributeError(name)
+        return getattr(self.reader, name)
 
     def __getitem__(self, index: int) -> Sample:
         if self.cache is None:

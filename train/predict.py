@@ -14,6 +14,7 @@ from fuller.evaluation import Prediction, evaluate_split
 
 from .batching import Collator
 from .checkpoint import load_checkpoint
+from .dataset import TrainingSet
 from .model import FullerModel, build_model
 
 
@@ -34,13 +35,31 @@ def predict(model: FullerModel, cfg: FullerConfig, dataset: NuScenesDataset, dev
 
 def load_model(checkpoint: str | Path, device: torch.device) -> tuple[FullerConfig, FullerModel]:
     cfg, payload = load_checkpoint(checkpoint, map_location=device)
+    return cfg, model_from_checkpoint(cfg, payload, device)
+
+
+def model_from_checkpoint(cfg: FullerConfig, payload: dict, device: torch.device) -> FullerModel:
+    """The model of a loaded checkpoint (``load_checkpoint``'s config and payload) on ``device``."""
     model = build_model(cfg).to(device)
     model.load_state_dict(payload["model"])
-    return cfg, model
+    return model
 
 
 def evaluate_model(model: FullerModel, cfg: FullerConfig, data_root: str | Path, split: str, out: str | Path,
-                   device: torch.device, pictures: int = 4, progress: bool = True, nusc=None) -> dict:
-    """Predict a split, write results JSON, metrics.json and pictures to ``out``; return the metrics."""
-    dataset = NuScenesDataset(cfg, data_root, split, nusc=nusc)
-    return evaluate_split(dataset, predict(model, cfg, dataset, device, progress=progress), cfg, out, pictures)
+                   device: torch.device, pictures: int = 4, progress: bool = True, nusc=None,
+                   zeroed_modality: str | None = None, dataset: NuScenesDataset | TrainingSet | None = None) -> dict:
+    """Predict a split, write results JSON, metrics.json and pictures to ``out``; return the metrics.
+
+    ``zeroed_modality`` ("camera" or "lidar") zeroes that sensor's BEV at the fuser input for this
+    evaluation only (the modality ablation); the model's own setting is restored afterwards.
+    ``dataset``, when given, is the split's reader (made with ``cfg``'s geometry) and is used
+    instead of opening ``data_root``/``split`` again."""
+    if dataset is None:
+        dataset = NuScenesDataset(cfg, data_root, split, nusc=nusc)
+    saved = model.zeroed_modality
+    model.zeroed_modality = zeroed_modality
+    try:
+        predictions = predict(model, cfg, dataset, device, progress=progress)
+    finally:
+        model.zeroed_modality = saved
+    return evaluate_split(dataset, predictions, cfg, out, pictures)

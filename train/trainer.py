@@ -76,8 +76,7 @@ class Trainer:
     def create(cls, cfg: FullerConfig, device: torch.device, parameter_pcgrad: bool = False) -> "Trainer":
         seed_everything(cfg.train.seed)
         model = build_model(cfg).to(device)
-        calibrator = GradientCalibrator(list(cfg.model.tasks), cfg.train.inter, list(cfg.train.inter_weights),
-                                        seed=cfg.train.seed).to(device)
+        calibrator = GradientCalibrator.from_config(cfg).to(device)
         params = [*model.parameters(), *calibrator.parameters()]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         t = cfg.train
@@ -118,6 +117,12 @@ class Trainer:
                 diagnostics = parameter_pcgrad_backward(losses, self.model.shared_parameters(),
                                                         self.model.head_parameters(), seed=self.cfg.train.seed,
                                                         step=self.step)
+            elif self.per_task_split:
+                z, split = self.model.split_trunk(inputs)
+                t = self.cfg.train
+                diagnostics = self.calibrator.backward(z, losses_fn, self.model.head_parameters(), self.step,
+                                                       split=split, equalise=t.intra and t.intra_mode == "per_task",
+                                                       intra_target=t.intra_target)
             else:
                 z = self.model.trunk(inputs)
                 diagnostics = self.calibrator.backward(z, losses_fn, self.model.head_parameters(), self.step)
@@ -127,6 +132,52 @@ class Trainer:
         grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
         return {"step": self.step, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                 **{f"loss_part/{k}": v for k, v in parts.items()}, **diagnostics}
+
+    @property
+    def per_task_split(self) -> bool:
+        """Whether the step sends each task's gradient back to the fuser input separately (per-task
+        intra calibration, or its diagnostics)."""
+        t = self.cfg.train
+        return (t.intra and t.intra_mode == "per_task") or t.task_diagnostics
+
+    def adam_diagnostics(self) -> dict[str, float]:
+        """Min, median and max over each branch's parameters of AdamW's step normaliser sqrt(v_hat)
+        (the bias-corrected running RMS of the gradient), ``adam_rms/<branch>/{min,median,max}``:
+        a gradient scale that such a normaliser absorbs leaves the update unchanged."""
+        beta2 = self.optimizer.param_groups[0]["betas"][1]
+        branches = {"camera": self.model.camera, "lidar": self.model.lidar, "fusion": self.model.fuser,
+                    **{f"head_{t}": h for t, h in self.model.heads.items()}}
+        out = {}
+        for name, module in branches.items():
+            if module is None:
+                continue
+            rms = []
+            for p in module.parameters():
+                state = self.optimizer.state.get(p, {})
+                if "exp_avg_sq" in state:
+                    correction = 1.0 - beta2 ** float(state["step"])
+                    rms.append((state["exp_avg_sq"] / correction).sqrt().reshape(-1).float().cpu())
+            if rms:
+                values = torch.cat(rms)
+                values = values[values > 0]
+                if len(values):
+                    out.update({f"adam_rms/{name}/min": float(values.min()),
+                                f"adam_rms/{name}/median": float(values.median()),
+                                f"adam_rms/{name}/max": float(values.max())})
+        return out
+
+    @torch.no_grad()
+    def held_out_losses(self, batches: list[Batch]) -> dict[str, float]:
+        """Mean task losses over held-out batches in evaluation mode, ``val_loss/<task>``."""
+        self.model.eval()
+        totals: dict[str, float] = {}
+        for batch in batches:
+            inputs, targets = batch.inputs.to(self.device), batch.targets.to(self.device)
+            losses, _ = self.model.task_losses(self.model.trunk(inputs), targets)
+            for t, v in losses.items():
+                totals[t] = totals.get(t, 0.0) + float(v) / len(batches)
+        self.model.train()
+        return {f"val_loss/{t}": v for t, v in totals.items()}
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -185,6 +236,18 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _held_out_batches(cfg: FullerConfig, data_root: str | Path) -> list[Batch]:
+    """``train.val_samples`` keyframes spread evenly over the val split, collated once: the fixed
+    held-out set whose losses the run logs every ``train.val_every`` steps."""
+    from fuller.data import NuScenesDataset
+
+    reader = NuScenesDataset(cfg, data_root, cfg.data.val_split)
+    picks = np.unique(np.linspace(0, len(reader) - 1, min(cfg.train.val_samples, len(reader))).round().astype(int))
+    samples = [reader[int(i)] for i in picks]
+    collate, size = Collator(cfg), cfg.train.batch_size
+    return [collate(samples[i:i + size]) for i in range(0, len(samples), size)]
+
+
 def train(cfg: FullerConfig, data_root: str | Path, out: str | Path, *, resume: bool = False,
           device: torch.device | None = None, progress: bool = True, dataset: Dataset | None = None,
           stop_at: int | None = None) -> Path:
@@ -216,6 +279,7 @@ def train(cfg: FullerConfig, data_root: str | Path, out: str | Path, *, resume: 
     sampler = StepBatchSampler(len(dataset), t.batch_size, t.seed, trainer.step, last, rank, world)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(cfg),
                         num_workers=loader_workers(t.num_workers))
+    held_out = _held_out_batches(cfg, data_root) if t.val_every > 0 and rank == 0 else []
     run_log = RunLog(out, resume_step=trainer.step if resume_from else None) if rank == 0 else None
     bar = tqdm(total=t.steps, initial=trainer.step, desc="train", unit="step", disable=not progress or rank != 0,
                dynamic_ncols=True)
@@ -227,6 +291,9 @@ def train(cfg: FullerConfig, data_root: str | Path, out: str | Path, *, resume: 
             if record["step"] % t.log_every == 0 or trainer.step == t.steps:
                 elapsed = time.perf_counter() - clock
                 record["samples_per_s"] = samples_done / max(elapsed, 1e-9)
+                record.update(trainer.adam_diagnostics())
+                if held_out and (record["step"] % t.val_every == 0 or trainer.step == t.steps):
+                    record.update(trainer.held_out_losses(held_out))
                 samples_done, clock = 0, time.perf_counter()
                 if run_log:
                     run_log.write(record)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from fuller.synth.generate import SynthOptions
+    from fuller.synth.generate import WORLDS, SynthOptions
 
     d = SynthOptions()
     p = subparsers.add_parser("make-data", help="write a synthetic nuScenes-format dataset",
@@ -40,6 +40,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default=d.version, choices=["v1.0-mini", "v1.0-trainval"],
                    help="table version; v1.0-trainval allows more than 10 scenes")
     p.add_argument("--density", type=float, default=d.density, help="scale of the number of agents")
+    study = WORLDS["study"]
+    w = p.add_argument_group("study world", "camera/LiDAR modality bias and det/map task conflict, for "
+                             "gradient-calibration studies (docs/data.md); all off by default, all on with "
+                             "--study-world, whose values an explicit option below overrides")
+    w.add_argument("--study-world", action="store_true",
+                   help="the study world: every option of this group at its study value")
+    w.add_argument("--lidar-ground-contrast", type=float, default=None,
+                   help=f"how different ground intensities are from asphalt's in the LiDAR, 0..1 (default "
+                        f"{d.lidar_ground_contrast}, {study['lidar_ground_contrast']} in the study world)")
+    w.add_argument("--kerb-height", type=float, default=None,
+                   help=f"walkways raised by this many metres in the LiDAR's geometry (default {d.kerb_height}, "
+                        f"{study['kerb_height']} in the study world)")
+    w.add_argument("--camera-conditions", choices=["clear", "varied"], default=None,
+                   help="clear, or per scene clear 40 %%, night 30 %%, fog 30 %% with a per-image exposure "
+                        f"(default {d.camera_conditions}, {study['camera_conditions']} in the study world)")
+    w.add_argument("--equal-large-vehicle-intensity", action=argparse.BooleanOptionalAction, default=None,
+                   help="trucks, buses, trailers and construction vehicles share one LiDAR intensity "
+                        "(on in the study world)")
+    w.add_argument("--objects-on-map", action=argparse.BooleanOptionalAction, default=None,
+                   help="denser car parks, cars parked half on the kerb, pedestrians on the crossings "
+                        "(on in the study world)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.set_defaults(func=run)
 
@@ -58,13 +79,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def synth_options(args: argparse.Namespace) -> SynthOptions:
     """The options `make-data` was asked for (an explicit --sweeps-per-sample or --image-scale wins
-    over --nuscenes-rates)."""
+    over --nuscenes-rates, an explicit study-world option over --study-world)."""
     from fuller.synth.generate import SynthOptions
 
     return SynthOptions(scenes=args.scenes, samples_per_scene=args.samples_per_scene, seed=args.seed,
                         sweeps_per_sample=args.sweeps_per_sample, image_scale=args.image_scale,
                         azimuth_step_deg=args.azimuth_step, version=args.version, density=args.density,
-                        rates="nuscenes" if args.nuscenes_rates else "default")
+                        rates="nuscenes" if args.nuscenes_rates else "default",
+                        world="study" if args.study_world else "default",
+                        lidar_ground_contrast=args.lidar_ground_contrast, kerb_height=args.kerb_height,
+                        camera_conditions=args.camera_conditions,
+                        equal_large_vehicle_intensity=args.equal_large_vehicle_intensity,
+                        objects_on_map=args.objects_on_map)
 
 
 def run(args: argparse.Namespace) -> int:

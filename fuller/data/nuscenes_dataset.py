@@ -17,7 +17,7 @@ from nuscenes.eval.detection.utils import category_to_detection_name
 from nuscenes.map_expansion.map_api import NuScenesMap
 from nuscenes.utils.data_classes import LidarPointCloud
 from nuscenes.utils.geometry_utils import transform_matrix
-from nuscenes.utils.splits import create_splits_scenes
+from nuscenes.utils.splits import create_splits_scenes, get_scenes_of_custom_split
 from PIL import Image
 from pyquaternion import Quaternion
 
@@ -65,6 +65,19 @@ def read_image(path: Path, token: str) -> np.ndarray:
         raise DatasetError(f"{path}: {what} (sample {token})") from exc
 
 
+def split_scenes(nusc: NuScenes, split: str) -> list[str]:
+    """Scene names of a devkit split: a predefined one, or a custom one from the release's
+    ``splits.json`` (the devkit's format; the synthetic sets carry ``all``, every scene)."""
+    predefined = create_splits_scenes()
+    if split in predefined:
+        return predefined[split]
+    try:
+        return get_scenes_of_custom_split(split_name=split, nusc=nusc)
+    except (ValueError, OSError) as exc:
+        raise DatasetError(f"split {split!r}: neither a nuScenes split ({sorted(predefined)}) nor a custom split "
+                           f"of {nusc.dataroot}/{nusc.version}/splits.json ({exc})") from None
+
+
 class NuScenesDataset:
     """Keyframes of a split, each as a `Sample`.
 
@@ -80,11 +93,7 @@ class NuScenesDataset:
         self.split = split
         self.geometry = config.geometry
         self.nusc = nusc or open_nuscenes(dataroot, config.data.version)
-        scenes = create_splits_scenes().get(split)
-        if scenes is None:
-            raise DatasetError(f"split {split!r}: not a nuScenes split (expected one of "
-                               f"{sorted(create_splits_scenes())})")
-        wanted = set(scenes)
+        wanted = set(split_scenes(self.nusc, split))
         self.samples = [s["token"] for s in sorted(self.nusc.sample, key=lambda s: s["timestamp"])
                         if self.nusc.get("scene", s["scene_token"])["name"] in wanted]
         if not self.samples:

@@ -5,6 +5,11 @@ trailers park in car parks, cones and barriers line work zones at the kerb. Plac
 town's plan and bent into the world (`Town.place`, paths through `Town.warp`). No two agents (the
 ego included) ever overlap in the world: each candidate is checked against all accepted ones on a
 0.25 s grid over the whole scene and redrawn if it would.
+
+`objects_on_map` (the study world) adds agents where the map is, so the detection and map tasks need
+the same cells: car parks filled nearly full, cars parked with two wheels on the kerb (partly over
+the walkway) along the local streets, and pedestrians standing on and walking back and forth over
+the crossings. They are drawn from their own generator, after the usual traffic.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import numpy as np
 from shapely.geometry import Point
 
 from .motion import RoadGraph, Trajectory, crossing_path, sidewalk_loop, static
-from .town import WALKWAY_WIDTH, Town
+from .town import CROSSING_SETBACK, CROSSING_WIDTH, STOP_LINE_DEPTH, WALKWAY_WIDTH, Town
 
 # nuScenes category -> (mean (w, l, h), std (w, l, h)), from the dataset's per-class statistics.
 SIZES = {
@@ -31,6 +36,13 @@ SIZES = {
 }
 EGO_SIZE = (1.73, 4.08, 1.56)
 PARKING_SLOT = (2.6, 5.2)
+# objects_on_map: the share of free car-park slots filled; kerb parking along local streets within this
+# of the route, one car per KERB_SLOT metres with this probability, its centre this far (range) beyond
+# the kerb line, so one side's wheels stand on the walkway; crossings within this of the route get a
+# Poisson number of pedestrians of this mean, this share standing.
+ON_MAP_PARK_FILL = 0.95
+KERB_RANGE, KERB_SLOT, KERB_SHARE, KERB_OVERHANG = 70.0, 6.5, 0.7, (0.35, 0.5)
+CROSSING_RANGE, CROSSING_PEDESTRIANS, CROSSING_STANDING = 70.0, 1.5, 0.5
 
 
 @dataclass
@@ -101,10 +113,12 @@ def _size(rng: np.random.Generator, category: str) -> tuple[float, float, float]
 
 
 def populate(town: Town, graph: RoadGraph, ego: Trajectory, duration: float,
-             rng: np.random.Generator, density: float = 1.0, lead_in: float = 0.0) -> list[Agent]:
+             rng: np.random.Generator, density: float = 1.0, lead_in: float = 0.0,
+             on_map_rng: np.random.Generator | None = None) -> list[Agent]:
     """Spawn the scene's agents around the ego's route; `density` scales all counts. Vehicles are
     under way `lead_in` seconds before t = 0 (the first sweeps and camera images come earlier than
-    the first keyframe), and nothing overlaps from then on."""
+    the first keyframe), and nothing overlaps from then on. With `on_map_rng`, the agents on map areas
+    (`objects_on_map`) follow, drawn from it."""
     times = np.arange(-lead_in, duration + 1e-9, 0.25)
     pop = Population(times, ego)
     ex, ey, _ = ego.pose(times)
@@ -154,6 +168,8 @@ def populate(town: Town, graph: RoadGraph, ego: Trajectory, duration: float,
     for (category, speed, outer), n in zip(lanes, (14, 2, 1.5, 2, 2)):
         attempt(lane_vehicle(category, speed, outer=outer), count(n))
     _pedestrians(town, pop, rng, near_route, count)
+    if on_map_rng is not None:
+        _objects_on_map(town, pop, on_map_rng, route, density)
     return pop.agents
 
 
@@ -255,3 +271,72 @@ def _car_parks(town: Town, pop: Population, rng, route: np.ndarray, density: flo
                 place = town.place(x, 0.5 * (y0 + y1), 0.0)
                 pop.try_add(Agent(cat, size, static(*place), parked=True, shade=0.9))
 
+
+
+def _objects_on_map(town: Town, pop: Population, rng: np.random.Generator, route: np.ndarray,
+                    density: float) -> None:
+    """The study world's agents on map areas (car parks, walkways, crossings), near the route (plan)."""
+    def near(geometry, radius: float) -> bool:
+        c = np.asarray(geometry.centroid.coords[0])
+        return bool(np.min(np.hypot(*(route - c).T)) < radius)
+
+    def shade() -> float:
+        return float(rng.uniform(0.6, 1.2))
+
+    car = "vehicle.car"
+    # Car parks: the free slots of both rows nearly all taken.
+    slot_w, slot_l = PARKING_SLOT
+    for park in town.carparks:
+        if not near(park["polygon"], 110.0):
+            continue
+        x0, y0, x1, y1 = park["polygon"].bounds
+        for row_y, yaw in ((y0 + slot_l / 2, np.pi / 2), (y1 - slot_l / 2, -np.pi / 2)):
+            for x in np.arange(x0 + slot_w / 2, x1 - slot_w / 2, slot_w):
+                if rng.random() < min(1.0, ON_MAP_PARK_FILL * density):
+                    w, l, h = _size(rng, car)
+                    size = (min(w, slot_w - 0.35), min(l, slot_l - 0.2), h)
+                    yaw_i = yaw + (np.pi if rng.random() < 0.2 else 0.0) + rng.normal(0.0, 0.03)
+                    pop.try_add(Agent(car, size, static(*town.place(float(x), row_y, float(yaw_i))), parked=True,
+                                      shade=shade()), clearance=0.1)
+    # Kerb parking along the local streets, facing the traffic of their side, half over the walkway.
+    margin = CROSSING_SETBACK + CROSSING_WIDTH + STOP_LINE_DEPTH + 4.0
+    for seg in town.segments:
+        road = seg.road
+        if seg.is_intersection or road.arterial or not near(seg.polygon, KERB_RANGE):
+            continue
+        a, b = seg.span
+        road_yaw = 0.0 if road.axis == 0 else np.pi / 2
+        for side in (-1.0, 1.0):
+            forward = side == (-1.0 if road.axis == 0 else 1.0)  # right-hand traffic on this side runs +axis
+            for s in np.arange(a + margin, b - margin, KERB_SLOT):
+                if rng.random() >= min(1.0, KERB_SHARE * density):
+                    continue
+                w, l, h = _size(rng, car)
+                s_i = float(s + rng.uniform(-0.5, 0.5))
+                offset = side * (road.half_width + float(rng.uniform(*KERB_OVERHANG)))
+                x, y = (s_i, road.coord + offset) if road.axis == 0 else (road.coord + offset, s_i)
+                yaw = road_yaw + (0.0 if forward else np.pi) + float(rng.normal(0.0, 0.02))
+                pop.try_add(Agent(car, (w, l, h), static(*town.place(x, y, yaw)), parked=True, shade=shade()),
+                            clearance=0.1)
+    # Pedestrians on the crossings: standing on them, or walking over and back for the whole scene.
+    ped = "human.pedestrian.adult"
+    for crossing in town.ped_crossings:
+        if not near(crossing["polygon"], CROSSING_RANGE):
+            continue
+        road = town.segments[crossing["segment"]].road
+        x0, y0, x1, y1 = crossing["polygon"].bounds
+        for _ in range(int(rng.poisson(CROSSING_PEDESTRIANS * density))):
+            standing = bool(rng.random() < CROSSING_STANDING)
+            for _ in range(6):
+                size = _size(rng, ped)
+                if standing:
+                    x, y = float(rng.uniform(x0 + 0.4, x1 - 0.4)), float(rng.uniform(y0 + 0.4, y1 - 0.4))
+                    yaw = (np.pi / 2 if road.axis == 0 else 0.0) + float(rng.choice([0.0, np.pi]))
+                    traj = static(*town.place(x, y, yaw + float(rng.normal(0.0, 0.3))))
+                else:
+                    there = crossing_path(town, crossing, bool(rng.random() < 0.5))
+                    traj = Trajectory(points=np.concatenate([there, there[::-1][1:]] * 4))
+                    traj.speed = float(rng.uniform(1.0, 1.5))
+                    traj.s0 = float(rng.uniform(0.0, traj.length / 4))
+                if pop.try_add(Agent(ped, size, traj, shade=shade()), clearance=0.1):
+                    break

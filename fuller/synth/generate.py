@@ -20,8 +20,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from .agents import Agent, populate
-from .camera import OBJECT_COLOURS, CameraRenderer
-from .lidar import OBJECT_INTENSITY, cast
+from .camera import CONDITIONS, EXPOSURE, OBJECT_COLOURS, CameraRenderer, draw_condition
+from .lidar import cast, object_intensity
 from .map_json import town_to_map_json
 from .motion import RoadGraph
 from .rig import make_cameras, make_lidar, pose_matrix, quaternion_list, yaw_rotation
@@ -40,6 +40,18 @@ ANNOTATION_RANGE = 70.0
 # have nothing beyond them) and keeps to the arterials, as survey drives keep to main roads.
 EGO_START_RADIUS = 130.0
 START_TIMESTAMP_US = 1_532_402_927_647_951
+# The worlds `SynthOptions.world` names: the values each sets for the options left unset (None).
+# "study" builds in a camera/LiDAR modality bias and a detection/map task conflict (docs/data.md).
+WORLDS = {
+    "default": {"lidar_ground_contrast": 1.0, "kerb_height": 0.0, "camera_conditions": "clear",
+                "equal_large_vehicle_intensity": False, "objects_on_map": False},
+    "study": {"lidar_ground_contrast": 0.01, "kerb_height": 0.12, "camera_conditions": "varied",
+              "equal_large_vehicle_intensity": True, "objects_on_map": True},
+}
+MAX_KERB_HEIGHT = 0.3
+# Study-world draws come from their own generator per scene, so the default world's draws (and bytes)
+# stay what they are with every option off.
+STUDY_STREAM = 77
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,14 @@ class SynthOptions:
 
     `rates` picks the sweep count and image size left unset (None): "default" (2 sweeps, half
     resolution) or "nuscenes" (9 sweeps, i.e. a 20 Hz LiDAR, and full 1600 x 900 images).
+
+    `world` likewise picks the world options left unset: "default" (contrast 1, no kerb, clear
+    cameras, per-class LiDAR intensities, the usual traffic) or "study" (the values of `WORLDS["study"]`):
+    `lidar_ground_contrast` scales how far ground intensities lie from asphalt's; `kerb_height` raises
+    the walkways in the LiDAR's geometry (metres); `camera_conditions` "varied" draws clear, night or
+    fog per scene with per-image exposure; `equal_large_vehicle_intensity` gives trucks, buses,
+    trailers and construction vehicles one LiDAR intensity; `objects_on_map` adds parked cars in the
+    car parks and on the kerbs and pedestrians on the crossings.
     """
 
     scenes: int = 10
@@ -60,6 +80,12 @@ class SynthOptions:
     density: float = 1.0
     jpeg_quality: int = 90
     rates: str = "default"
+    world: str = "default"
+    lidar_ground_contrast: float | None = None  # 1.0 in the default world
+    kerb_height: float | None = None  # 0.0 in the default world
+    camera_conditions: str | None = None  # "clear" in the default world
+    equal_large_vehicle_intensity: bool | None = None  # False in the default world
+    objects_on_map: bool | None = None  # False in the default world
 
     def __post_init__(self) -> None:
         sweeps, scale = RATES.get(self.rates, RATES["default"])  # an unknown name is reported by validate
@@ -67,10 +93,28 @@ class SynthOptions:
             object.__setattr__(self, "sweeps_per_sample", sweeps)
         if self.image_scale is None:
             object.__setattr__(self, "image_scale", scale)
+        for name, value in WORLDS.get(self.world, WORLDS["default"]).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
 
     def validate(self) -> None:
         if self.rates not in RATES:
             raise ValueError(f"rates: expected one of {sorted(RATES)}, got {self.rates!r}")
+        if self.world not in WORLDS:
+            raise ValueError(f"world: expected one of {sorted(WORLDS)}, got {self.world!r}")
+        number = (int, float, np.integer, np.floating)
+        c = self.lidar_ground_contrast
+        if isinstance(c, bool) or not isinstance(c, number) or not 0.0 <= c <= 1.0:
+            raise ValueError(f"lidar_ground_contrast: expected a number in 0.0..1.0, got {c!r}")
+        k = self.kerb_height
+        if isinstance(k, bool) or not isinstance(k, number) or not 0.0 <= k <= MAX_KERB_HEIGHT:
+            raise ValueError(f"kerb_height: expected metres in 0.0..{MAX_KERB_HEIGHT} (a kerb), got {k!r}")
+        if self.camera_conditions not in CONDITIONS:
+            raise ValueError(f"camera_conditions: expected one of {sorted(CONDITIONS)}, "
+                             f"got {self.camera_conditions!r}")
+        for name in ("equal_large_vehicle_intensity", "objects_on_map"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if self.version not in VERSIONS:
             raise ValueError(f"version: expected one of {VERSIONS}, got {self.version!r}")
         if self.version == "v1.0-mini" and not 1 <= self.scenes <= 10:
@@ -127,9 +171,15 @@ def make_dataset(out: str | os.PathLike, options: SynthOptions = SynthOptions(),
     for table, rows in tables.items():
         with open(root / options.version / f"{table}.json", "w") as f:
             json.dump(rows, f, indent=0)
-    return {"dataroot": str(root), "version": options.version, "scenes": len(names),
-            "samples": len(tables["sample"]), "annotations": len(tables["sample_annotation"]),
-            "options": asdict(options)}
+    # The devkit's custom-split file (nuscenes.utils.splits.get_scenes_of_custom_split): "all" scenes.
+    with open(root / options.version / "splits.json", "w") as f:
+        json.dump({"all": names}, f, indent=0)
+    summary = {"dataroot": str(root), "version": options.version, "scenes": len(names),
+               "samples": len(tables["sample"]), "annotations": len(tables["sample_annotation"]),
+               "options": asdict(options)}
+    if options.camera_conditions == "varied":
+        summary["conditions"] = {s["name"]: s["description"].rsplit("condition=", 1)[1] for s in tables["scene"]}
+    return summary
 
 
 @functools.lru_cache(maxsize=8)
@@ -213,6 +263,11 @@ class SceneSimulator:
         self.job, self.opts = job, job.options
         self.town = town_for(self.opts.seed, job.location)
         self.rng = np.random.default_rng([self.opts.seed, job.index])
+        # The study world's draws, one generator each (conditions, agents on the map, image exposure and
+        # noise), apart from `rng`: the default world's draws stay the same whatever is switched on here.
+        self.study_rng = [np.random.default_rng([self.opts.seed, job.index, STUDY_STREAM, k]) for k in range(3)]
+        self.condition = (draw_condition(self.study_rng[0]) if self.opts.camera_conditions == "varied"
+                          else None)
         self.tok = Tokens(self.opts.seed, job.name)
         self.fixed = Tokens(self.opts.seed, "static").fixed
         self.tables: dict[str, list] = {k: [] for k in TABLES_PER_SCENE}
@@ -247,9 +302,11 @@ class SceneSimulator:
                                  float(rng.uniform(0.0, 0.5)), arterials=True)
         ego.speed, ego.wobble, ego.omega, ego.s0 = speed, 0.15 * speed / 0.3, 0.3, speed * LEAD_IN
         self.ego = ego
-        self.agents = populate(town, graph, ego, self.duration, rng, self.opts.density, LEAD_IN)
+        on_map = self.study_rng[1] if self.opts.objects_on_map else None
+        self.agents = populate(town, graph, ego, self.duration, rng, self.opts.density, LEAD_IN, on_map)
         self.colours = np.array([np.array(OBJECT_COLOURS[a.category]) * a.shade for a in self.agents]).reshape(-1, 3)
-        self.intensity = np.array([OBJECT_INTENSITY[a.category] for a in self.agents])
+        self.intensity = np.array([object_intensity(a.category, self.opts.equal_large_vehicle_intensity)
+                                   for a in self.agents])
 
     def _log(self) -> None:
         index, location = self.job.index, self.job.location
@@ -301,7 +358,8 @@ class SceneSimulator:
         pose_token, ego2global = self._ego_pose(t)
         lidar2global = ego2global @ self.lidar2ego
         boxes = _boxes_at(self.agents, t)
-        points, _ = cast(self.lidar, lidar2global, boxes, self.intensity, self.town, self.rng)
+        points, _ = cast(self.lidar, lidar2global, boxes, self.intensity, self.town, self.rng,
+                         self.opts.lidar_ground_contrast, self.opts.kerb_height)
         folder = "samples" if key is not None else "sweeps"
         filename = f"{folder}/LIDAR_TOP/{self.logfile}__LIDAR_TOP__{self._timestamp(t)}.pcd.bin"
         points.tofile(self.job.root / filename)
@@ -320,7 +378,12 @@ class SceneSimulator:
         for cam, renderer in zip(self.cameras, self.renderers):
             t_cam = t + cam.fire_offset
             pose_token, ego2global = self._ego_pose(t_cam)
-            image, ids, areas = renderer.render(self.town, ego2global, _boxes_at(self.agents, t_cam), self.colours)
+            seen = {}
+            if self.condition is not None:
+                seen = {"condition": self.condition, "noise": self.study_rng[2],
+                        "exposure": float(self.study_rng[2].uniform(*EXPOSURE))}
+            image, ids, areas = renderer.render(self.town, ego2global, _boxes_at(self.agents, t_cam), self.colours,
+                                                **seen)
             filename = f"samples/{cam.channel}/{self.logfile}__{cam.channel}__{self._timestamp(t_cam)}.jpg"
             Image.fromarray(image).save(self.job.root / filename, quality=self.opts.jpeg_quality)
             self._add_sample_data(cam.channel, t_cam, key, filename, pose_token, (cam.width, cam.height))
@@ -378,7 +441,12 @@ class SceneSimulator:
         self.tables["scene"].append({
             "token": self.scene_token, "log_token": self.log_token, "nbr_samples": len(tokens),
             "first_sample_token": tokens[0], "last_sample_token": tokens[-1], "name": self.job.name,
-            "description": f"synthetic drive in {self.job.location}, {len(self.agents)} agents"})
+            "description": self.description()})
+
+    def description(self) -> str:
+        """The scene's description; with varied camera conditions it ends in "condition=<name>"."""
+        text = f"synthetic drive in {self.job.location}, {len(self.agents)} agents"
+        return text if self.condition is None else f"{text}, condition={self.condition.name}"
 
 
 def simulate_scene(job: SceneJob) -> dict[str, list]:

@@ -19,19 +19,12 @@ from torch import Tensor, nn
 
 
 from ..parallel import all_reduce_sum, world_size
+from .fuser_split import FuserSplit, accumulate_grad, per_task_backward
 from .inter import Uncertainty, build_inter
 from .intra import ModalityGradientBalance
 
 if TYPE_CHECKING:
     from fuller.config import FullerConfig
-
-
-def accumulate_grad(p: nn.Parameter, g: Tensor) -> None:
-    """Add ``g`` to ``p.grad`` as backward would (taking ``g`` as the gradient when there is none)."""
-    if p.grad is None:
-        p.grad = g.to(p.dtype)
-    else:
-        p.grad.add_(g)
 
 
 def _accumulation_dtype(rows: Tensor) -> torch.dtype:
@@ -95,19 +88,20 @@ class GradientCalibrator(nn.Module):
     """
 
     def __init__(self, tasks: Sequence[str], inter: str = "imtl", inter_weights: Sequence[float] = (),
-                 seed: int = 0):
+                 seed: int = 0, epsilon: float = 0.1):
         super().__init__()
         tasks = list(tasks)
         if not tasks or len(set(tasks)) != len(tasks) or not all(isinstance(t, str) for t in tasks):
             raise ValueError(f"tasks: expected a non-empty list of unique task names, got {tasks}")
         self.tasks = tasks
         self.inter = inter
-        self.method = build_inter(inter, len(tasks), inter_weights, seed)
+        self.method = build_inter(inter, len(tasks), inter_weights, seed, epsilon)
 
     @classmethod
     def from_config(cls, cfg: "FullerConfig") -> "GradientCalibrator":
-        """The calibrator ``cfg.model.tasks`` / ``cfg.train.{inter, inter_weights, seed}`` describe."""
-        return cls(cfg.model.tasks, cfg.train.inter, cfg.train.inter_weights, cfg.train.seed)
+        """The calibrator ``cfg.model.tasks`` / ``cfg.train.{inter, inter_weights, seed, inter_epsilon}`` describe."""
+        t = cfg.train
+        return cls(cfg.model.tasks, t.inter, t.inter_weights, t.seed, t.inter_epsilon)
 
     @property
     def log_vars(self) -> nn.Parameter | None:
@@ -116,7 +110,8 @@ class GradientCalibrator(nn.Module):
 
     def backward(self, z: Tensor, losses_fn: Callable[[Tensor], Mapping[str, Tensor]],
                  head_params: Mapping[str, Sequence[nn.Parameter]], step: int,
-                 balance: ModalityGradientBalance | None = None) -> dict[str, float]:
+                 balance: ModalityGradientBalance | None = None, split: FuserSplit | None = None,
+                 equalise: bool = False, intra_target: str = "mean") -> dict[str, float]:
         """Calibrated backward of all task losses; gradients accumulate into ``.grad`` like ``backward``.
 
         ``z``: the trunk output (requires grad). ``losses_fn(zd)`` runs the heads on ``zd`` (a
@@ -124,7 +119,10 @@ class GradientCalibrator(nn.Module):
         it must reach trunk parameters only through ``zd``. ``head_params[task]``: the parameters
         of that task's head (``loss_t`` gets no gradient with respect to other tasks' heads).
         ``step``: the global step (seeds PCGrad's orders). ``balance``: the fuser's modality
-        balance, whose diagnostics are merged in when given.
+        balance, whose diagnostics are merged in when given. ``split``: the trunk cut at the fuser
+        input (z computed from ``split.leaves``); the calibrated gradient then goes back task by
+        task (:func:`.fuser_split.per_task_backward`, equalising each task's per-element RMS over
+        the modalities with ``intra_target`` when ``equalise``) and its diagnostics are merged in.
 
         A non-finite Gram (a loss or gradient overflowed) is not calibrated: the coefficients are
         1, so the non-finite values reach ``.grad`` and the trainer's guard can skip the step
@@ -180,9 +178,13 @@ class GradientCalibrator(nn.Module):
             for p, g in pairs:
                 accumulate_grad(p, g if scale == 1.0 else g * scale)
 
-        z.backward(combine(coef, stacked).to(z.dtype).view_as(z))
-
         out = gram_diagnostics(self.tasks, gram, coef, whole_losses)
+        if split is None:
+            z.backward(combine(coef, stacked).to(z.dtype).view_as(z))
+        else:
+            task_grads = [combine(coef[i:i + 1], stacked[i:i + 1]).view_as(z) for i in range(t_count)]
+            out.update(per_task_backward(z, task_grads, self.tasks, split, equalise, intra_target))
+
         if self.log_vars is not None:
             out.update({f"log_var/{t}": float(v) for t, v in zip(self.tasks, self.log_vars.detach().cpu())})
         if balance is not None:

@@ -13,7 +13,8 @@ Two families differ in what they do to the task heads' own parameters:
 * loss-weighting methods (``sum``, ``static``, ``uncertainty``; ``weights_losses = True``) are
   the gradient of the weighted loss ``sum_t c_t L_t``, so the calibrator scales head ``t``'s
   parameter gradients by ``c_t`` as well;
-* gradient-manipulation methods (``imtl``, ``pcgrad``, ``mgda``, ``cagrad``, ``aligned``) act
+* gradient-manipulation methods (``imtl``, ``imtl_rescaled``, ``bounded``, ``pcgrad``, ``mgda``,
+  ``cagrad``, ``aligned``) act
   where the tasks conflict, on the shared representation; each head's parameters serve one task
   and cannot conflict, so they receive the raw ``dL_t/dtheta_t``.
 
@@ -280,6 +281,71 @@ def aligned_coefficients(gram: Tensor) -> Tensor:
     return _out(b.sum(axis=0))
 
 
+def _rescaled_to_sum(g: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """``coef`` scaled so that the combined gradient has the norm of the plain sum's (unchanged if
+    either is zero)."""
+    ones = np.ones(g.shape[0])
+    target, norm = np.sqrt(max(ones @ g @ ones, 0.0)), np.sqrt(max(coef @ g @ coef, 0.0))
+    return coef * (target / norm) if norm > 0.0 and target > 0.0 else coef
+
+
+def imtl_rescaled_coefficients(gram: Tensor) -> Tensor:
+    """IMTL-G's direction with the naive sum's norm: ``c_imtl |sum_t g_t| / |sum_t c_t g_t|``.
+
+    The control for the question whether IMTL-G acts through the direction or the magnitude of the
+    trunk gradient: AdamW divides each parameter's step by a running RMS of its gradient, so a
+    common scale that changes slowly is absorbed, and this run should match IMTL-G's.
+    """
+    g = _as_gram(gram)
+    return _out(_rescaled_to_sum(g, imtl_coefficients(gram).numpy()))
+
+
+def _kept_rate(cos: float, w: float) -> float:
+    """cos(u_1 + w u_2, u_1) for unit vectors with cosine ``cos``: the fraction of task 1's steepest
+    first-order rate that a unit step along the mix keeps."""
+    return (1.0 + w * cos) / np.sqrt(max(1.0 + 2.0 * w * cos + w * w, 1e-300))
+
+
+def bounded_coefficients(gram: Tensor, epsilon: float) -> Tensor:
+    """An epsilon-constrained combination of two tasks: serve the weaker task as much as the dominant
+    one can afford.
+
+    With ``u_t = g_t/|g_t|`` and d the dominant task (the larger gradient, which the plain sum
+    follows), the direction is ``u_d + w u_o`` with the largest ``w`` in [0, 1] for which a unit
+    step keeps at least ``1 - epsilon`` of the dominant task's steepest rate,
+    ``cos(u_d + w u_o, u_d) >= 1 - epsilon``. That cosine falls monotonically in w (its derivative
+    is ``-w (1 - cos^2)/|.|^3``), so w is found by bisection; ``w = 1`` is IMTL-G's bisector, reached
+    when the bound allows it, ``w = 0`` is the dominant task alone. The combination is scaled to the
+    plain sum's norm. One task: coefficient 1; a zero gradient: the plain sum.
+    """
+    if not 0.0 < epsilon < 1.0:
+        raise ValueError(f"epsilon: expected a fraction in (0, 1), got {epsilon}")
+    g = _as_gram(gram)
+    t = g.shape[0]
+    if t == 1:
+        return _out(np.ones(1))
+    if t != 2:
+        raise ValueError(f"gram: the bounded combination is defined for 2 tasks, got {t}")
+    norms = np.sqrt(np.clip(np.diag(g), 0.0, None))
+    if norms.min() <= _REL_ZERO * norms.max():
+        return _out(np.ones(2))
+    dom = int(np.argmax(norms))
+    other = 1 - dom
+    cos = float(np.clip(g[0, 1] / (norms[0] * norms[1]), -1.0, 1.0))
+    keep = 1.0 - epsilon
+    if _kept_rate(cos, 1.0) >= keep:
+        w = 1.0
+    else:
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if _kept_rate(cos, mid) >= keep else (lo, mid)
+        w = lo
+    coef = np.zeros(2)
+    coef[dom], coef[other] = 1.0 / norms[dom], w / norms[other]
+    return _out(_rescaled_to_sum(g, coef))
+
+
 class InterMethod(nn.Module):
     """One inter-task calibration method: ``coefficients(gram, losses, step) -> c``.
 
@@ -368,6 +434,24 @@ class AlignedMTL(InterMethod):
         return aligned_coefficients(gram)
 
 
+class IMTLRescaled(InterMethod):
+    """IMTL-G's direction at the plain sum's norm (see :func:`imtl_rescaled_coefficients`)."""
+
+    def coefficients(self, gram: Tensor, losses: Tensor, step: int) -> Tensor:
+        return imtl_rescaled_coefficients(gram)
+
+
+class Bounded(InterMethod):
+    """The epsilon-constrained combination (``train.inter_epsilon``; see :func:`bounded_coefficients`)."""
+
+    def __init__(self, epsilon: float = 0.1):
+        super().__init__()
+        self.epsilon = float(epsilon)
+
+    def coefficients(self, gram: Tensor, losses: Tensor, step: int) -> Tensor:
+        return bounded_coefficients(gram, self.epsilon)
+
+
 class Uncertainty(InterMethod):
     """Homoscedastic uncertainty weighting (Kendall et al., CVPR 2018).
 
@@ -394,8 +478,10 @@ class Uncertainty(InterMethod):
         s.grad = grad if s.grad is None else s.grad + grad
 
 
-def build_inter(name: str, num_tasks: int, weights: Sequence[float] = (), seed: int = 0) -> InterMethod:
-    """The method named by ``train.inter``; ``weights`` serve ``static``, ``seed`` serves ``pcgrad``."""
+def build_inter(name: str, num_tasks: int, weights: Sequence[float] = (), seed: int = 0,
+                epsilon: float = 0.1) -> InterMethod:
+    """The method named by ``train.inter``; ``weights`` serve ``static``, ``seed`` serves ``pcgrad``,
+    ``epsilon`` serves ``bounded``."""
     if num_tasks < 1:
         raise ValueError(f"num_tasks: expected at least one task, got {num_tasks}")
     makers = {
@@ -407,6 +493,8 @@ def build_inter(name: str, num_tasks: int, weights: Sequence[float] = (), seed: 
         "cagrad": CAGrad,
         "aligned": AlignedMTL,
         "uncertainty": lambda: Uncertainty(num_tasks),
+        "bounded": lambda: Bounded(epsilon),
+        "imtl_rescaled": IMTLRescaled,
     }
     if name not in makers:
         raise ValueError(f"inter: expected one of {list(INTER_METHODS)}, got {name!r}")

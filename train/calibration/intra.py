@@ -21,7 +21,7 @@ from fuller.config import INTRA_TARGETS
 from ..parallel import all_reduce_sum, world_size
 
 
-def _sq_norm(g: Tensor) -> Tensor:
+def sq_norm(g: Tensor) -> Tensor:
     """Squared L2 norm accumulated in float32 at least (float64 for float64 gradients)."""
     acc = torch.float64 if g.dtype == torch.float64 else torch.float32
     return torch.linalg.vector_norm(g, dtype=acc).to(torch.float64).square()
@@ -81,7 +81,7 @@ class ModalityGradientBalance(nn.Module):
         return _Balance.apply(camera_bev, lidar_bev, self)
 
     def _calibrate(self, g_camera: Tensor, g_lidar: Tensor) -> tuple[Tensor, Tensor]:
-        sq = all_reduce_sum(torch.stack([_sq_norm(g_camera), _sq_norm(g_lidar)]))
+        sq = all_reduce_sum(torch.stack([sq_norm(g_camera), sq_norm(g_lidar)]))
         norms = sq.clamp_min(0.0).sqrt() / world_size()
         target = {
             "mean": norms.mean(),

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fuller.config import FullerConfig
-from fuller.train.calibration import ModalityGradientBalance
+from fuller.train.calibration import FuserSplit, ModalityGradientBalance
 
 from .bev_decoder import SECOND, SECONDFPN, ConvFuser
 from .camera_encoder import CameraEncoder, PoolGeometry
@@ -69,7 +69,8 @@ class FullerModel(nn.Module):
         if "lidar" in self.modalities:
             self.lidar = SparseEncoder(cfg)
             bev_channels.append(self.lidar.out_channels)
-        self.balance = ModalityGradientBalance(enabled=cfg.train.intra and len(bev_channels) == 2,
+        whole = cfg.train.intra and cfg.train.intra_mode == "norm"
+        self.balance = ModalityGradientBalance(enabled=whole and len(bev_channels) == 2,
                                                target=cfg.train.intra_target)
         self.fuser = ConvFuser(bev_channels, m.fuser_channels, m.norm)
         self.decoder = SECOND(m.fuser_channels, list(m.decoder_channels), list(m.decoder_layers), m.norm)
@@ -77,6 +78,10 @@ class FullerModel(nn.Module):
         heads = {"det": lambda: CenterHead(cfg, m.decoder_out_channels),
                  "map": lambda: MapHead(cfg, m.decoder_out_channels)}
         self.heads = nn.ModuleDict({t: heads[t]() for t in self.tasks})
+        # Evaluation switch: zero one modality's BEV at the fuser input ("camera" or "lidar"), to
+        # measure what each task takes from each sensor (the modality ablation of `fuller ablate`).
+        self.zeroed_modality: str | None = None
+        self.map_loss_weight = m.map_loss_weight
 
     def modality_bevs(self, inputs: ModelInputs, sparse_encoder: nn.Module | None = None) -> list[torch.Tensor]:
         """The BEV maps entering the fuser, camera first; gradient-balanced while training.
@@ -96,13 +101,33 @@ class FullerModel(nn.Module):
                     n = int(inputs.voxel_count[0])
                     features, coords = features[:n], coords[:n]
                 bevs.append(self.lidar(features, coords, inputs.batch_size))
+        if self.zeroed_modality is not None:
+            if self.zeroed_modality not in self.modalities:
+                raise ValueError(f"zeroed_modality: expected one of the model's modalities {self.modalities}, "
+                                 f"got {self.zeroed_modality!r}")
+            k = [m for m in ("camera", "lidar") if m in self.modalities].index(self.zeroed_modality)
+            bevs[k] = torch.zeros_like(bevs[k])
         if len(bevs) == 2 and self.training and torch.is_grad_enabled():
             bevs = list(self.balance(*bevs))
         return bevs
 
     def trunk(self, inputs: ModelInputs, sparse_encoder: nn.Module | None = None) -> torch.Tensor:
         """Shared representation z on the detection grid, (B, decoder_out_channels, X, Y)."""
-        return self.decoder_neck(self.decoder(self.fuser(self.modality_bevs(inputs, sparse_encoder))))
+        return self.fuse_and_decode(self.modality_bevs(inputs, sparse_encoder))
+
+    def fuse_and_decode(self, bevs: list[torch.Tensor]) -> torch.Tensor:
+        """z from the modality BEVs (camera first): fuser, decoder, neck."""
+        return self.decoder_neck(self.decoder(self.fuser(bevs)))
+
+    def split_trunk(self, inputs: ModelInputs) -> tuple[torch.Tensor, FuserSplit]:
+        """z computed from detached copies of the modality BEVs, and the cut that lets the
+        calibration send each task's gradient back to the fuser input separately."""
+        bevs = self.modality_bevs(inputs)
+        leaves = [b.detach().requires_grad_(b.requires_grad) for b in bevs]
+        names = [m for m in ("camera", "lidar") if m in self.modalities]
+        params = [*self.fuser.parameters(), *self.decoder.parameters(), *self.decoder_neck.parameters()]
+        return self.fuse_and_decode(leaves), FuserSplit(names, bevs, leaves, params,
+                                                        list(self.decoder_neck.parameters()))
 
     def task_losses(self, z: torch.Tensor, targets: Targets) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Per-task total losses (what the calibration weighs) and their parts for logging."""
@@ -114,7 +139,7 @@ class FullerModel(nn.Module):
             parts.update({f"det_{k}": float(v.detach()) for k, v in det.items()})
         if "map" in self.heads:
             head = self.heads["map"]
-            losses["map"] = head.loss(head(z), targets.map_masks)
+            losses["map"] = self.map_loss_weight * head.loss(head(z), targets.map_masks)
         return losses, parts
 
     def head_parameters(self) -> dict[str, list[nn.Parameter]]:

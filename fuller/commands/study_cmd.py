@@ -1,0 +1,32 @@
+"""``fuller study``: the calibration study (docs/results.md): data, sensor check, ablation, tables."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "study", help="the calibration study: study-world data, paired seeds, held-out test set, tables",
+        description="Writes the study world's train/val set and a test set of new towns (unless present), "
+                    "trains the single-modality sensor check (one seed), the ablation of FULLER's readings over "
+                    "paired seeds (and the controls with --controls), evaluates every run on val and test with "
+                    "the modality ablation, and prints the tables. Everything in OUT is reused on a rerun.")
+    p.add_argument("--out", default="study", help="output folder (default ./study)")
+    p.add_argument("--seeds", type=int, default=3, help="paired seeds per variant (default 3)")
+    p.add_argument("--steps", type=int, default=350, help="training steps per run (default 350)")
+    p.add_argument("--controls", action="store_true", help="also train the control readings")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (all runs)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fuller.errors import UserInputError
+    from fuller.train.study import run_study
+
+    if args.seeds < 1 or args.steps < 1:
+        raise UserInputError(f"--seeds and --steps: expected integers >= 1, got {args.seeds} and {args.steps}")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for path in run_study(args.out, args.seeds, args.steps, args.controls, args.set):
+        print(path.read_text())
+    return 0
