@@ -291,7 +291,8 @@ def train(cfg: FullerConfig, data_root: str | Path, out: str | Path, *, resume: 
             if record["step"] % t.log_every == 0 or trainer.step == t.steps:
                 elapsed = time.perf_counter() - clock
                 record["samples_per_s"] = samples_done / max(elapsed, 1e-9)
-                record.update(trainer.adam_diagnostics())
+                if t.task_diagnostics:  # copies every optimiser state to the host: study runs only
+                    record.update(trainer.adam_diagnostics())
                 if held_out and (record["step"] % t.val_every == 0 or trainer.step == t.steps):
                     record.update(trainer.held_out_losses(held_out))
                 samples_done, clock = 0, time.perf_counter()
