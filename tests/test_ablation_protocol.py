@@ -242,3 +242,54 @@ def test_a_seed_gives_every_variant_the_same_initial_trunk(small_cfg):
         assert all(trunk[k].equal(reference[k]) for k in reference), variant.name
     other = initial_trunk(ablation.VARIANTS[0], 1)
     assert not all(other[k].equal(reference[k]) for k in reference)
+
+
+def test_a_study_folder_keeps_the_world_it_was_written_with(tmp_path, monkeypatch):
+    """`fuller study` records each set's options; a rerun asking for another world in the same folder
+    is refused naming the option, and the same world is reused without writing anything."""
+    from fuller.train import study
+
+    written = []
+
+    def fake_make(root, options, progress=True):  # what ensure_dataset needs of a written set
+        (root / options.version).mkdir(parents=True)
+        (root / options.version / "scene.json").write_text("[]")
+        written.append(options)
+
+    monkeypatch.setattr(study, "make_dataset", fake_make)
+    options = study.TEST_DATA
+    study.ensure_dataset(tmp_path, options, progress=False)
+    study.ensure_dataset(tmp_path, options, progress=False)
+    assert written == [options]
+    record = json.loads((tmp_path / study.WORLD_RECORD).read_text())
+    assert record["kerb_height"] == options.kerb_height and record["unmapped_yards"] is False
+    blind = study.replace(options, **study.LIDAR_BLIND_MAP)
+    with pytest.raises(UserInputError) as exc:
+        study.ensure_dataset(tmp_path, blind, progress=False)
+    assert all(w in str(exc.value) for w in ("kerb_height", "unmapped_yards", study.WORLD_RECORD, "--out"))
+    assert blind.lidar_ground_contrast == 0.0 and blind.kerb_height == 0.0 and blind.unmapped_yards
+
+
+def test_diagnostics_table_reads_each_runs_last_steps(tmp_path):
+    """Per run the median over the last `window` steps (earlier steps and missing values ignored), per
+    variant the mean over seeds; a reading no run logs is "-", a variant without runs has no row."""
+    from fuller.train.study_diagnostics import READINGS, diagnostics_table, run_readings
+
+    variant, absent = ablation.Variant("v", "Some reading", {}), ablation.Variant("w", "Not run", {})
+
+    def write(seed: int, late: list[float]) -> None:
+        run = ablation.run_dir(tmp_path, variant, seed)
+        run.mkdir(parents=True)
+        rows = [{"step": 0, "cos/det-map": 100.0, "grad_norm/det": 100.0}, {"lr": 1e-3}]
+        rows += [{"step": 150 + k, "cos/det-map": v, "grad_norm/det": None if k else 7.0} for k, v in enumerate(late)]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    write(0, [3.0, 1.0, 1.5])  # median 1.5, mean 1.83 (step 0 lies outside the last 100 steps before 152)
+    write(1, [4.0, 9.0, 0.0, 4.5])  # median 4.25, mean 4.375
+    first = run_readings(ablation.run_dir(tmp_path, variant, 0) / "metrics.jsonl")
+    assert first["cos/det-map"] == 1.5 and first["grad_norm/det"] == 7.0 and math.isnan(first["grad_norm/map"])
+    table = diagnostics_table(tmp_path, [variant, absent], [0, 1])
+    row = next(line for line in table.splitlines() if line.startswith("| Some reading (n = 2) |"))
+    cells = dict(zip([name for _, name in READINGS], [c.strip() for c in row.split("|")[2:-1]]))
+    assert cells["cos at z"] == "2.9" and cells["‖g_det‖ at z"] == "7" and cells["‖g_map‖ at z"] == "-"
+    assert "Not run" not in table

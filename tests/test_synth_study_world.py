@@ -1,7 +1,9 @@
 """The study world (`make-data --study-world`), checked through the devkit's own records against a
 default-world set of the same seed: the LiDAR barely sees paint and finds walkways raised by a kerb,
 the cameras see night, fog and clear scenes (objects poorly, the near map well), large vehicles share
-one LiDAR intensity, and more objects stand on car parks, walkways and crossings."""
+one LiDAR intensity, and more objects stand on car parks, walkways and crossings. A third set, the
+study world with the LiDAR blind to the map (no paint contrast, no kerb, unmapped yards), sees paint
+as asphalt, walkways at road level, and rows of parked cars on yards."""
 from __future__ import annotations
 
 import re
@@ -25,16 +27,19 @@ from fuller.synth.schema import LOCATIONS
 
 # Seed 8 gives the three scenes night, fog and clear (asserted below); 2 keyframes each, small images.
 SMALL = dict(scenes=3, samples_per_scene=2, sweeps_per_sample=0, image_scale=0.2, azimuth_step_deg=0.8, seed=8)
+BLIND = dict(lidar_ground_contrast=0.0, kerb_height=0.0, unmapped_yards=True)
 LARGE_VEHICLES = ("vehicle.truck", "vehicle.bus.rigid", "vehicle.trailer", "vehicle.construction")
 
 
 @pytest.fixture(scope="session")
 def worlds(tmp_path_factory):
-    """{"study": (root, NuScenes, summary), "default": ...}: the same seed and sizes in both worlds."""
+    """{"study": (root, NuScenes, summary), "default": ..., "blind": ...}: the same seed and sizes in
+    each world; "blind" is the study world with the LiDAR blind to the map (`BLIND`)."""
     out = {}
-    for world in ("study", "default"):
+    for world, options in (("study", SynthOptions(**SMALL, world="study")), ("default", SynthOptions(**SMALL)),
+                           ("blind", SynthOptions(**SMALL, world="study", **BLIND))):
         root = tmp_path_factory.mktemp(f"synth_{world}") / "nuscenes"
-        summary = make_dataset(root, SynthOptions(**SMALL, world=world), progress=False)
+        summary = make_dataset(root, options, progress=False)
         out[world] = (str(root), NuScenes("v1.0-mini", str(root), verbose=False), summary)
     return out
 
@@ -96,6 +101,7 @@ def test_study_world_preset_sets_every_option_and_the_default_world_none():
             d.objects_on_map) == (1.0, 0.0, "clear", False, False)
     assert (s.lidar_ground_contrast, s.kerb_height, s.camera_conditions, s.equal_large_vehicle_intensity,
             s.objects_on_map) == (0.01, 0.12, "varied", True, True)
+    assert not d.unmapped_yards and not s.unmapped_yards
     assert SynthOptions(world="study", kerb_height=0.0).kerb_height == 0.0  # an explicit value wins
     parser = build_parser()
     args = ["make-data", "--out", "x"]
@@ -108,7 +114,8 @@ def test_study_world_preset_sets_every_option_and_the_default_world_none():
                        (dict(lidar_ground_contrast=1.5), ("lidar_ground_contrast", "0.0..1.0", "1.5")),
                        (dict(kerb_height=-0.1), ("kerb_height", "0.0..0.3", "-0.1")),
                        (dict(camera_conditions="rain"), ("camera_conditions", "varied", "'rain'")),
-                       (dict(objects_on_map="yes"), ("objects_on_map", "True or False", "'yes'"))]:
+                       (dict(objects_on_map="yes"), ("objects_on_map", "True or False", "'yes'")),
+                       (dict(unmapped_yards=True), ("unmapped_yards", "objects_on_map", "False"))]:
         with pytest.raises(ValueError) as exc:
             SynthOptions(**bad).validate()
         assert all(w in str(exc.value) for w in words), exc.value
@@ -144,19 +151,23 @@ def _paint_and_asphalt(nusc, maps) -> tuple[np.ndarray, np.ndarray]:
 
 def test_lidar_barely_sees_paint_in_the_study_world(worlds, maps):
     """Default world: paint returns are over 5x as bright as asphalt's. Study world: the paint stands out
-    from asphalt by under 5 % of that (ground contrast 0.01)."""
+    from asphalt by under 5 % of that (ground contrast 0.01); at contrast 0 ("blind") by under 1 %,
+    with asphalt's median."""
     (p_def, a_def), (p_study, a_study) = (_paint_and_asphalt(worlds[w][1], maps) for w in ("default", "study"))
     assert min(len(p_def), len(p_study)) > 30 and min(len(a_def), len(a_study)) > 300
     assert p_def.mean() > 5 * a_def.mean()
     assert abs(p_study.mean() - a_study.mean()) < 0.05 * (p_def.mean() - a_def.mean())
     assert np.median(a_study) == np.median(a_def)  # asphalt itself unchanged
+    p_blind, a_blind = _paint_and_asphalt(worlds["blind"][1], maps)
+    assert len(p_blind) > 30 and np.median(p_blind) == np.median(a_blind) == np.median(a_def)
+    assert abs(p_blind.mean() - a_blind.mean()) < 0.01 * (p_def.mean() - a_def.mean())
 
 
 def test_walkway_returns_lie_at_the_kerb_height(worlds, maps):
     """Ground returns inside the map's walkways (20 cm in from their edges) are at the kerb's height above
     the road (the LiDAR's height from its calibrated_sensor record), those on road segments at the road's."""
     kerb = SynthOptions(world="study").kerb_height
-    for world, expected in (("study", kerb), ("default", 0.0)):
+    for world, expected in (("study", kerb), ("default", 0.0), ("blind", 0.0)):
         nusc = worlds[world][1]
         walk, road = [], []
         for sample in nusc.sample:
@@ -278,6 +289,9 @@ def test_more_objects_stand_on_car_parks_and_pedestrians_on_crossings(worlds, ma
     study, default = worlds["study"][1], worlds["default"][1]
     parks = _annotations_on(study, maps, "carpark_area"), _annotations_on(default, maps, "carpark_area")
     assert parks[0] > 1.3 * parks[1] + 10, parks
+    # With the yards, car parks are filled only to 55 % + 35 % of the rest (71 %) of their slots.
+    blind = _annotations_on(worlds["blind"][1], maps, "carpark_area")
+    assert parks[1] < blind < parks[0], (parks, blind)
     ped = "human.pedestrian.adult"
     crossing = _annotations_on(study, maps, "ped_crossing", ped), _annotations_on(default, maps, "ped_crossing", ped)
     assert crossing[0] >= 10 and crossing[0] > 2 * crossing[1], crossing
@@ -305,3 +319,30 @@ def test_cars_park_half_on_the_kerb(worlds, maps):
             n += on_walk > 0.5 * l and on_road > 0.2 * l
         counts.append(n)
     assert counts[0] >= 20 and counts[1] <= 0.1 * counts[0], counts
+
+
+def test_cars_park_in_rows_on_unmapped_yards(worlds, maps):
+    """Parked cars whose centre lies on no road segment, car park or walkway (on the grass of a yard):
+    many with `unmapped_yards`, in rows of slots (the nearest other such car within 3.5 m, a slot's
+    width and a little), none in the default or the study world."""
+    mapped = {loc: shapely.union_all([_polygons(nmap, layer) for layer in ("road_segment", "carpark_area", "walkway")])
+              for loc, nmap in maps.items()}
+    counts = []
+    for world in ("blind", "study", "default"):
+        nusc = worlds[world][1]
+        car = next(c["token"] for c in nusc.category if c["name"] == "vehicle.car")
+        off_map: dict[str, list] = {}
+        for ann in nusc.sample_annotation:
+            if nusc.get("instance", ann["instance_token"])["category_token"] != car:
+                continue
+            location = _location(nusc, nusc.get("sample", ann["sample_token"]))
+            if not contains_xy(mapped[location], *ann["translation"][:2]):
+                off_map.setdefault(ann["sample_token"], []).append(ann["translation"][:2])
+        in_rows = 0
+        for centres in off_map.values():
+            c = np.array(centres)
+            d = np.hypot(*(c[:, None] - c[None]).transpose(2, 0, 1)) + np.eye(len(c)) * 1e9
+            in_rows += int(np.sum(d.min(1) < 3.5))
+        counts.append((sum(map(len, off_map.values())), in_rows))
+    (yards, in_rows), (study, _), (default, _) = counts
+    assert yards >= 20 and in_rows >= 0.8 * yards and study == default == 0, counts

@@ -7,26 +7,43 @@ paired seeds (every variant gets the same initialisation and data order for a se
 
 * ``ablation``: the paper's rows with the study's readings of FULLER;
 * ``sensors`` (one seed): single-task, single-modality models, the check that the world holds a
-  modality bias worth calibrating (LiDAR detects, cameras map);
+  modality bias worth calibrating (LiDAR detects, cameras map), beside the map prior (the map a
+  model without sensors draws, `map_prior`) that each sensor's map is measured from;
 * with ``--controls``, the readings the study measures itself against, added to the ablation.
 
-Everything is reused when present, so an interrupted study resumes where it stopped.
+The ablation's table ends with the gradient diagnostics of its variants (`study_diagnostics`).
+
+``--sensors-only`` stops after the sensor check: the half hour that tells whether a world holds the
+bias before two hours go into the ablation. ``--lidar-blind-map`` writes the study world with the
+LiDAR blind to the map (`LIDAR_BLIND_MAP`: no paint contrast, walkways flush with the road, rows of
+parked cars on unmapped yards as well as in car parks).
+
+Everything is reused when present, so an interrupted study resumes where it stopped; each data set
+records the options it was written with (`WORLD_RECORD`), and a rerun that asks for another world
+in the same folder is refused.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from fuller.config import load_config
+from fuller.config import FullerConfig, load_config, updated_config
+from fuller.data import NuScenesDataset
+from fuller.errors import UserInputError
 from fuller.synth.generate import SynthOptions, make_dataset
 
 from .ablation import BOTH, Variant, run_ablation
+from .map_prior import class_frequency, score_prior, split_masks
+from .study_diagnostics import diagnostics_table
 
 STUDY_CONFIG = "study"
 # Train/val: 40 scenes of 8 keyframes (34 train, 6 val scenes); test: 16 scenes of 6 in new towns.
 TRAIN_DATA = SynthOptions(world="study", version="v1.0-trainval", scenes=40, samples_per_scene=8, seed=0,
                           image_scale=0.1, sweeps_per_sample=1)
 TEST_DATA = replace(TRAIN_DATA, scenes=16, samples_per_scene=6, seed=1)
+LIDAR_BLIND_MAP = {"lidar_ground_contrast": 0.0, "kerb_height": 0.0, "unmapped_yards": True}
+WORLD_RECORD = "synth_options.json"  # in each data root: the SynthOptions it was written with
 
 _PLAIN = {"model.tasks": BOTH, "train.inter": "sum", "train.intra": False, "train.intra_mode": "norm"}
 _PER_TASK = {"train.intra": True, "train.intra_mode": "per_task"}
@@ -52,31 +69,72 @@ SENSORS = (
 
 
 def ensure_dataset(root: Path, options: SynthOptions, progress: bool = True) -> Path:
-    """Write the set unless ``root`` already holds it (its release folder with a scene table)."""
+    """Write the set unless ``root`` already holds it (its release folder with a scene table), then
+    record its options; a set recorded with other options is refused (a set without a record, from
+    before records were kept, is reused as it is)."""
+    wanted = asdict(options)
+    record = root / WORLD_RECORD
     if not (root / options.version / "scene.json").is_file():
         print(f"writing {options.scenes} scenes x {options.samples_per_scene} keyframes to {root} "
               f"(study world, seed {options.seed})", flush=True)
         make_dataset(root, options, progress=progress)
+        record.write_text(json.dumps(wanted, indent=2) + "\n")
+    elif record.is_file():
+        found = json.loads(record.read_text())
+        differ = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+        if differ:
+            raise UserInputError(f"{record}: this set was written with other options (found, wanted): {differ}; "
+                                 "use another --out")
     return root
 
 
 def run_study(out: str | Path, seeds: int = 3, steps: int = 350, controls: bool = False,
-              overrides: list[str] | None = None, progress: bool = True) -> list[Path]:
-    """Data, then the sensor check (one seed), the ablation and optionally the controls (``seeds``
-    each); returns the ablation.md files written."""
+              overrides: list[str] | None = None, progress: bool = True, lidar_blind_map: bool = False,
+              sensors_only: bool = False) -> list[Path]:
+    """Data, then the ablation, the sensor check (one seed) and optionally the controls (``seeds``
+    each), or with ``sensors_only`` the sensor check alone; returns the ablation.md files written."""
     out = Path(out)
-    train_root = ensure_dataset(out / "data", TRAIN_DATA, progress)
-    test_root = ensure_dataset(out / "test_data", TEST_DATA, progress)
+    world = LIDAR_BLIND_MAP if lidar_blind_map else {}
+    train_root = ensure_dataset(out / "data", replace(TRAIN_DATA, **world), progress)
+    test_root = ensure_dataset(out / "test_data", replace(TEST_DATA, **world), progress)
     cfg = load_config(STUDY_CONFIG, overrides or [])
     seed_list = list(range(seeds))
-    studies = [("ablation", ABLATION, seed_list), ("sensors", SENSORS, [0])]
-    if controls:  # into the ablation's folder: its naive runs are reused, the table gains the rows
+    studies = [("sensors", SENSORS, [0])] if sensors_only else [("ablation", ABLATION, seed_list),
+                                                                ("sensors", SENSORS, [0])]
+    if controls and not sensors_only:  # into the ablation's folder: its naive runs are reused, its table gains rows
         studies.append(("ablation", (*ABLATION, *CONTROLS), seed_list))
     written = []
     for name, variants, seed_list in studies:
         run_ablation(cfg, train_root, out / name, steps, variants, seed_list, test_data=test_root,
                      test_split="all", test_version=TEST_DATA.version, modality_ablation=name != "sensors",
                      progress=progress)
+        if name == "sensors":
+            write_map_prior(cfg, train_root, test_root, out / name, progress)
+        else:
+            with open(out / name / "ablation.md", "a") as f:
+                f.write(diagnostics_table(out / name, variants, seed_list))
         if out / name / "ablation.md" not in written:
             written.append(out / name / "ablation.md")
     return written
+
+
+def write_map_prior(cfg: FullerConfig, train_root: Path, test_root: Path, out: Path, progress: bool = True) -> dict:
+    """The map prior of the training split scored on val and test: OUT/map_prior.json, and a section
+    of OUT/ablation.md (the sensor table's floor for the map)."""
+    classes = cfg.geometry.map_classes
+    prior = class_frequency(split_masks(NuScenesDataset(cfg, train_root, cfg.data.train_split), progress))
+    test_cfg = updated_config(cfg, {"data.version": TEST_DATA.version})
+    sets = {"val": NuScenesDataset(cfg, train_root, cfg.data.val_split),
+            "test": NuScenesDataset(test_cfg, test_root, "all")}
+    scores = {name: score_prior(prior, split_masks(ds, progress), classes) for name, ds in sets.items()}
+    (out / "map_prior.json").write_text(json.dumps(scores, indent=2) + "\n")
+    lines = ["", "## Map prior (no sensor)", "",
+             "Each cell's class frequency over the training split, predicted for every sample: what a model "
+             "without sensors draws. mIoU and per-class IoU (best over the thresholds), in %.", "",
+             "| set | mIoU | " + " | ".join(classes) + " |", "|---|---:|" + "---:|" * len(classes)]
+    for name, score in scores.items():
+        cells = [f"{100 * score['iou_max'][c]:.1f}" if score["iou_max"][c] is not None else "-" for c in classes]
+        lines.append(f"| {name} | {100 * score['mean_iou_max']:.1f} | " + " | ".join(cells) + " |")
+    with open(out / "ablation.md", "a") as f:
+        f.write("\n".join(lines) + "\n")
+    return scores

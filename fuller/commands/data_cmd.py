@@ -61,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--objects-on-map", action=argparse.BooleanOptionalAction, default=None,
                    help="denser car parks, cars parked half on the kerb, pedestrians on the crossings "
                         "(on in the study world)")
+    w.add_argument("--unmapped-yards", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --objects-on-map: rows of parked cars on unmapped grass yards, and car parks filled "
+                        "only as far (car rows alone do not tell a car park; off in the study world)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.set_defaults(func=run)
 
@@ -90,7 +93,7 @@ def synth_options(args: argparse.Namespace) -> SynthOptions:
                         lidar_ground_contrast=args.lidar_ground_contrast, kerb_height=args.kerb_height,
                         camera_conditions=args.camera_conditions,
                         equal_large_vehicle_intensity=args.equal_large_vehicle_intensity,
-                        objects_on_map=args.objects_on_map)
+                        objects_on_map=args.objects_on_map, unmapped_yards=args.unmapped_yards)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,6 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="paired seeds per variant (default 3)")
     p.add_argument("--steps", type=int, default=350, help="training steps per run (default 350)")
     p.add_argument("--controls", action="store_true", help="also train the control readings")
+    p.add_argument("--sensors-only", action="store_true",
+                   help="only the sensor check (single-task, single-sensor models, one seed) and the map prior: "
+                        "whether the world holds the modality bias, before the ablation")
+    p.add_argument("--lidar-blind-map", action="store_true",
+                   help="the study world with the LiDAR blind to the map: no paint contrast, walkways flush with "
+                        "the road, parked-car rows on unmapped yards too (make-data --study-world "
+                        "--lidar-ground-contrast 0 --kerb-height 0 --unmapped-yards)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (all runs)")
     p.set_defaults(func=run)
 
@@ -27,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1 or args.steps < 1:
         raise UserInputError(f"--seeds and --steps: expected integers >= 1, got {args.seeds} and {args.steps}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for path in run_study(args.out, args.seeds, args.steps, args.controls, args.set):
+    for path in run_study(args.out, args.seeds, args.steps, args.controls, args.set,
+                          lidar_blind_map=args.lidar_blind_map, sensors_only=args.sensors_only):
         print(path.read_text())
     return 0

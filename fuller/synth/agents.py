@@ -7,19 +7,24 @@ ego included) ever overlap in the world: each candidate is checked against all a
 0.25 s grid over the whole scene and redrawn if it would.
 
 `objects_on_map` (the study world) adds agents where the map is, so the detection and map tasks need
-the same cells: car parks filled nearly full, cars parked with two wheels on the kerb (partly over
+the same cells: car parks filled further, cars parked with two wheels on the kerb (partly over
 the walkway) along the local streets, and pedestrians standing on and walking back and forth over
-the crossings. They are drawn from their own generator, after the usual traffic.
+the crossings. With `unmapped_yards` it adds yards instead of filling the car parks nearly full:
+unmapped grass lots in blocks without a car park, with cars parked in rows as in a car park, and
+the car parks filled only as far, so that rows of parked cars alone (what the LiDAR sees) do not
+tell a car park; the ground's colour between them (what the cameras see) does. They are drawn from
+their own generator, after the usual traffic.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from shapely.geometry import Point
+from shapely.geometry import Point, Polygon, box
 
 from .motion import RoadGraph, Trajectory, crossing_path, sidewalk_loop, static
-from .town import CROSSING_SETBACK, CROSSING_WIDTH, STOP_LINE_DEPTH, WALKWAY_WIDTH, Town
+from .town import (CARPARK_DEPTH, CARPARK_LENGTH, CROSSING_SETBACK, CROSSING_WIDTH, STOP_LINE_DEPTH, WALKWAY_WIDTH,
+                   Town)
 
 # nuScenes category -> (mean (w, l, h), std (w, l, h)), from the dataset's per-class statistics.
 SIZES = {
@@ -36,11 +41,14 @@ SIZES = {
 }
 EGO_SIZE = (1.73, 4.08, 1.56)
 PARKING_SLOT = (2.6, 5.2)
-# objects_on_map: the share of free car-park slots filled; kerb parking along local streets within this
-# of the route, one car per KERB_SLOT metres with this probability, its centre this far (range) beyond
-# the kerb line, so one side's wheels stand on the walkway; crossings within this of the route get a
-# Poisson number of pedestrians of this mean, this share standing.
-ON_MAP_PARK_FILL = 0.95
+# objects_on_map: the share of free car-park slots filled (with unmapped_yards the second: with the usual
+# traffic's 55 %, about 71 % of the slots, so the ground shows between the cars); yards in this share of
+# the blocks without a car park, this share of their slots taken (as the car parks' end up); kerb parking
+# along local streets within this of the route, one car per KERB_SLOT metres with this probability, its
+# centre this far (range) beyond the kerb line, so one side's wheels stand on the walkway; crossings
+# within this of the route get a Poisson number of pedestrians of this mean, this share standing.
+ON_MAP_PARK_FILL, YARDS_PARK_FILL = 0.95, 0.35
+YARD_SHARE, YARD_FILL = 0.5, 0.7
 KERB_RANGE, KERB_SLOT, KERB_SHARE, KERB_OVERHANG = 70.0, 6.5, 0.7, (0.35, 0.5)
 CROSSING_RANGE, CROSSING_PEDESTRIANS, CROSSING_STANDING = 70.0, 1.5, 0.5
 
@@ -114,11 +122,11 @@ def _size(rng: np.random.Generator, category: str) -> tuple[float, float, float]
 
 def populate(town: Town, graph: RoadGraph, ego: Trajectory, duration: float,
              rng: np.random.Generator, density: float = 1.0, lead_in: float = 0.0,
-             on_map_rng: np.random.Generator | None = None) -> list[Agent]:
+             on_map_rng: np.random.Generator | None = None, yards: bool = False) -> list[Agent]:
     """Spawn the scene's agents around the ego's route; `density` scales all counts. Vehicles are
     under way `lead_in` seconds before t = 0 (the first sweeps and camera images come earlier than
     the first keyframe), and nothing overlaps from then on. With `on_map_rng`, the agents on map areas
-    (`objects_on_map`) follow, drawn from it."""
+    (`objects_on_map`, with `yards` the unmapped yards) follow, drawn from it."""
     times = np.arange(-lead_in, duration + 1e-9, 0.25)
     pop = Population(times, ego)
     ex, ey, _ = ego.pose(times)
@@ -169,7 +177,7 @@ def populate(town: Town, graph: RoadGraph, ego: Trajectory, duration: float,
         attempt(lane_vehicle(category, speed, outer=outer), count(n))
     _pedestrians(town, pop, rng, near_route, count)
     if on_map_rng is not None:
-        _objects_on_map(town, pop, on_map_rng, route, density)
+        _objects_on_map(town, pop, on_map_rng, route, density, yards)
     return pop.agents
 
 
@@ -273,9 +281,32 @@ def _car_parks(town: Town, pop: Population, rng, route: np.ndarray, density: flo
 
 
 
+def _yards(town: Town, rng: np.random.Generator) -> list[Polygon]:
+    """Unmapped lots (plan), one in `YARD_SHARE` of the blocks without a car park: a car park's size
+    and place in the block (`CARPARK_DEPTH`, `CARPARK_LENGTH`), on the grass. The draws are made for
+    every block, whether or not it gets a yard, so a block's yard does not depend on the blocks before it."""
+    lots = []
+    for walkway in town.walkways:
+        x0, y0, x1, y1 = Polygon(walkway.interiors[0]).bounds
+        share, depth, length_u, start_u, south = rng.random(5)
+        inner = box(x0, y0, x1, y1)
+        if share >= YARD_SHARE or any(inner.intersects(p["polygon"]) for p in town.carparks):
+            continue
+        depth = CARPARK_DEPTH[0] + depth * (CARPARK_DEPTH[1] - CARPARK_DEPTH[0])
+        longest = min(CARPARK_LENGTH[1], x1 - x0 - 4.0)
+        if longest < CARPARK_LENGTH[0] or depth > y1 - y0 - 2.0:
+            continue
+        length = CARPARK_LENGTH[0] + length_u * (longest - CARPARK_LENGTH[0])
+        start = x0 + 2.0 + start_u * (x1 - x0 - 4.0 - length)
+        lots.append(box(start, y0, start + length, y0 + depth) if south < 0.5 else
+                    box(start, y1 - depth, start + length, y1))
+    return lots
+
+
 def _objects_on_map(town: Town, pop: Population, rng: np.random.Generator, route: np.ndarray,
-                    density: float) -> None:
-    """The study world's agents on map areas (car parks, walkways, crossings), near the route (plan)."""
+                    density: float, yards: bool = False) -> None:
+    """The study world's agents on map areas (car parks, walkways, crossings) and with `yards` on the
+    unmapped yards, near the route (plan)."""
     def near(geometry, radius: float) -> bool:
         c = np.asarray(geometry.centroid.coords[0])
         return bool(np.min(np.hypot(*(route - c).T)) < radius)
@@ -284,20 +315,26 @@ def _objects_on_map(town: Town, pop: Population, rng: np.random.Generator, route
         return float(rng.uniform(0.6, 1.2))
 
     car = "vehicle.car"
-    # Car parks: the free slots of both rows nearly all taken.
     slot_w, slot_l = PARKING_SLOT
-    for park in town.carparks:
-        if not near(park["polygon"], 110.0):
-            continue
-        x0, y0, x1, y1 = park["polygon"].bounds
+
+    def park_rows(lot, fill: float) -> None:
+        """Cars in two rows of slots facing the aisle, each slot taken with probability `fill`."""
+        x0, y0, x1, y1 = lot.bounds
         for row_y, yaw in ((y0 + slot_l / 2, np.pi / 2), (y1 - slot_l / 2, -np.pi / 2)):
             for x in np.arange(x0 + slot_w / 2, x1 - slot_w / 2, slot_w):
-                if rng.random() < min(1.0, ON_MAP_PARK_FILL * density):
+                if rng.random() < min(1.0, fill * density):
                     w, l, h = _size(rng, car)
                     size = (min(w, slot_w - 0.35), min(l, slot_l - 0.2), h)
                     yaw_i = yaw + (np.pi if rng.random() < 0.2 else 0.0) + rng.normal(0.0, 0.03)
                     pop.try_add(Agent(car, size, static(*town.place(float(x), row_y, float(yaw_i))), parked=True,
                                       shade=shade()), clearance=0.1)
+
+    for park in town.carparks:  # more of the free slots taken
+        if near(park["polygon"], 110.0):
+            park_rows(park["polygon"], YARDS_PARK_FILL if yards else ON_MAP_PARK_FILL)
+    for lot in _yards(town, rng) if yards else []:
+        if near(lot, 110.0):
+            park_rows(lot, YARD_FILL)
     # Kerb parking along the local streets, facing the traffic of their side, half over the walkway.
     margin = CROSSING_SETBACK + CROSSING_WIDTH + STOP_LINE_DEPTH + 4.0
     for seg in town.segments:

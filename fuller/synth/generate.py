@@ -44,9 +44,9 @@ START_TIMESTAMP_US = 1_532_402_927_647_951
 # "study" builds in a camera/LiDAR modality bias and a detection/map task conflict (docs/data.md).
 WORLDS = {
     "default": {"lidar_ground_contrast": 1.0, "kerb_height": 0.0, "camera_conditions": "clear",
-                "equal_large_vehicle_intensity": False, "objects_on_map": False},
+                "equal_large_vehicle_intensity": False, "objects_on_map": False, "unmapped_yards": False},
     "study": {"lidar_ground_contrast": 0.01, "kerb_height": 0.12, "camera_conditions": "varied",
-              "equal_large_vehicle_intensity": True, "objects_on_map": True},
+              "equal_large_vehicle_intensity": True, "objects_on_map": True, "unmapped_yards": False},
 }
 MAX_KERB_HEIGHT = 0.3
 # Study-world draws come from their own generator per scene, so the default world's draws (and bytes)
@@ -67,7 +67,9 @@ class SynthOptions:
     the walkways in the LiDAR's geometry (metres); `camera_conditions` "varied" draws clear, night or
     fog per scene with per-image exposure; `equal_large_vehicle_intensity` gives trucks, buses,
     trailers and construction vehicles one LiDAR intensity; `objects_on_map` adds parked cars in the
-    car parks and on the kerbs and pedestrians on the crossings.
+    car parks and on the kerbs and pedestrians on the crossings; `unmapped_yards` (with
+    `objects_on_map`) adds rows of parked cars on unmapped grass lots and fills the car parks only as
+    far, so that car rows alone do not tell a car park.
     """
 
     scenes: int = 10
@@ -86,6 +88,7 @@ class SynthOptions:
     camera_conditions: str | None = None  # "clear" in the default world
     equal_large_vehicle_intensity: bool | None = None  # False in the default world
     objects_on_map: bool | None = None  # False in the default world
+    unmapped_yards: bool | None = None  # False in the default and the study world
 
     def __post_init__(self) -> None:
         sweeps, scale = RATES.get(self.rates, RATES["default"])  # an unknown name is reported by validate
@@ -112,9 +115,12 @@ class SynthOptions:
         if self.camera_conditions not in CONDITIONS:
             raise ValueError(f"camera_conditions: expected one of {sorted(CONDITIONS)}, "
                              f"got {self.camera_conditions!r}")
-        for name in ("equal_large_vehicle_intensity", "objects_on_map"):
+        for name in ("equal_large_vehicle_intensity", "objects_on_map", "unmapped_yards"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        if self.unmapped_yards and not self.objects_on_map:
+            raise ValueError("unmapped_yards: needs objects_on_map (the yards are drawn with the objects on "
+                             "map areas), got objects_on_map=False")
         if self.version not in VERSIONS:
             raise ValueError(f"version: expected one of {VERSIONS}, got {self.version!r}")
         if self.version == "v1.0-mini" and not 1 <= self.scenes <= 10:
@@ -303,7 +309,8 @@ class SceneSimulator:
         ego.speed, ego.wobble, ego.omega, ego.s0 = speed, 0.15 * speed / 0.3, 0.3, speed * LEAD_IN
         self.ego = ego
         on_map = self.study_rng[1] if self.opts.objects_on_map else None
-        self.agents = populate(town, graph, ego, self.duration, rng, self.opts.density, LEAD_IN, on_map)
+        self.agents = populate(town, graph, ego, self.duration, rng, self.opts.density, LEAD_IN, on_map,
+                               self.opts.unmapped_yards)
         self.colours = np.array([np.array(OBJECT_COLOURS[a.category]) * a.shade for a in self.agents]).reshape(-1, 3)
         self.intensity = np.array([object_intensity(a.category, self.opts.equal_large_vehicle_intensity)
                                    for a in self.agents])
