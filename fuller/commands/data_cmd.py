@@ -42,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--density", type=float, default=d.density, help="scale of the number of agents")
     study = WORLDS["study"]
     w = p.add_argument_group("study world", "camera/LiDAR modality bias and det/map task conflict, for "
-                             "gradient-calibration studies (docs/data.md); all off by default, all on with "
-                             "--study-world, whose values an explicit option below overrides")
+                             "gradient-calibration studies (docs/data.md); all off by default, all but --unmapped-yards "
+                             "on with --study-world, whose values an explicit option below overrides")
     w.add_argument("--study-world", action="store_true",
                    help="the study world: every option of this group at its study value")
     w.add_argument("--lidar-ground-contrast", type=float, default=None,
