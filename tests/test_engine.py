@@ -181,6 +181,18 @@ def test_infer_and_bench_cli(small_checkpoint, small_onnx, synth_root, tmp_path,
     assert "| pytorch (cpu) |" in table and "| onnxruntime |" in table and "ONNX Runtime" in table
 
 
+@pytest.mark.parametrize("config", ["tiny", "study", "base"])
+def test_bench_default_data_is_a_valid_synthetic_set(config):
+    """``fuller bench infer`` / ``bench train`` without --data make this set: it must be one the
+    synthetic world accepts, for every shipped config."""
+    from fuller.commands.bench_cmd import small_set
+    from fuller.config import load_config
+
+    options = small_set(load_config(config))
+    options.validate()
+    assert options.scenes * options.samples_per_scene >= load_config(config).train.batch_size
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fp16", [False, True])
 def test_tensorrt_engine_matches_pytorch(small_checkpoint, small_onnx, synth_root, nusc, tmp_path, fp16):

@@ -257,7 +257,7 @@ def test_bev_pool_ptx_launched_like_tensorrt(float_type):
 
 
 # ---------------------------------------------------------------------------------------------
-# SparseSites and SparseRulebook: exact integers, equal to the NumPy kernels of rulebook.py.
+# SparseSites and SparseRulebook: exact integers, equal to the CPU kernels of rulebook.py.
 
 SHAPE = (9, 7, 5)
 CASES = {  # name: (kernel, stride, padding, subm), as tests/test_sparse_conv.py
@@ -286,7 +286,7 @@ def voxels(rng, n: int, rows: int, batch: int = 2) -> tuple[np.ndarray, np.ndarr
 
 
 def check_index_ops(coords: np.ndarray, count: np.ndarray, geom: ConvGeometry) -> int:
-    """The GPU sites and the GPU rulebook of those sites equal the NumPy kernels'; returns M."""
+    """The GPU sites and the GPU rulebook of those sites equal the CPU kernels'; returns M."""
     want_sites, want_count = sparse_sites(coords, count, geom)
     got_sites, got_count = KERNELS("sparse_sites", coords, count, dataclasses.asdict(geom))
     np.testing.assert_array_equal(got_count, want_count)
@@ -345,7 +345,7 @@ def test_sparse_launchers_reject_bad_input():
 def test_sparse_ptx_launched_like_tensorrt(name):
     """Each sparse plugin's PTX launched through the driver API with TensorRT's arguments only, on
     output buffers full of garbage (TensorRT clears nothing): the sites (compact, or block counts
-    then strided sites) and the rulebook of the sites, equal to the NumPy kernels."""
+    then strided sites) and the rulebook of the sites, equal to the CPU kernels."""
     from fuller.plugins.sparse_conv import triton_kernel as kernel
 
     coords, count = voxels(np.random.default_rng(8), 300, 320)

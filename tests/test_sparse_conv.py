@@ -1,5 +1,5 @@
 """The sparse convolution as index ops plus standard ONNX (plugins/sparse_conv/SPEC.md): the float64
-layer reference against a dense conv3d; the index ops (NumPy kernels, ONNX Runtime kernels) composed
+layer reference against a dense conv3d; the index ops (CPU kernels, ONNX Runtime kernels) composed
 with Gather + MatMul against the reference, and their rulebook against a dict lookup; the torch ops'
 composition against spconv's own layers, which the exporter replaces."""
 from __future__ import annotations
@@ -81,7 +81,7 @@ def standard_layer(features, neighbours, w):
 
 def fused_layer(features, neighbours, w):
     """ONNX Runtime's fused kernel: per tap, only the sites with a neighbour there."""
-    from fuller.plugins.sparse_conv.ort_fusion import gather_gemm
+    from fuller.plugins.sparse_conv.cpu_kernels import gather_gemm
 
     return gather_gemm(features, neighbours, w.reshape(-1, w.shape[-1]), np.zeros(w.shape[-1], np.float32))
 
@@ -118,6 +118,20 @@ def test_rulebook_against_a_dict_of_sites(name):
         for t, tap in enumerate(taps(g)):
             p = tuple(o[a] * g.stride[a] - g.padding[a] + tap[a] for a in range(3))
             assert table[m, t] == rows.get((bi, *p), 64)
+
+
+@pytest.mark.parametrize("shape", [(9, 7, 5), (64, 48, 40)], ids=["dense", "sparse"])
+def test_strided_sites_on_dense_and_sparse_grids(shape):
+    """The strided sites against the reference where the grid has few cells per candidate site and
+    where it has thousands (the kernel's two ways of making the sites unique)."""
+    rng = np.random.default_rng(21)
+    features, coords, count = random_voxels(rng, 30, 30, shape=shape)
+    g = ConvGeometry((3, 3, 3), (2, 2, 2), (1, 1, 1), shape, False, 30 * 8)
+    w, b = weights(rng, g.kernel)
+    _, want, want_count = sparse_conv3d_reference(features, coords, count, w, b, g)
+    sites, sites_count = sparse_sites(coords, count, g)
+    np.testing.assert_array_equal(sites, want[: int(want_count[0])])
+    assert sites_count.tolist() == want_count.tolist()
 
 
 def test_subm_sites_compact_the_padded_list():

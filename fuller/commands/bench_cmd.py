@@ -69,10 +69,11 @@ def bench_data(data: str | None, options, what: str = "a small synthetic dataset
 
 
 def small_set(cfg):
-    """One keyframe per mini scene, with the config's sweeps: enough for a batch or a few frames."""
+    """Two keyframes (the fewest a scene holds) per mini scene, with the config's sweeps: enough for
+    a batch or a few frames."""
     from fuller.synth.generate import SynthOptions
 
-    return SynthOptions(scenes=10, samples_per_scene=1, sweeps_per_sample=cfg.geometry.sweeps - 1,
+    return SynthOptions(scenes=10, samples_per_scene=2, sweeps_per_sample=cfg.geometry.sweeps - 1,
                         version=cfg.data.version)
 
 

@@ -1,14 +1,14 @@
 """ONNX Runtime's fused sparse layer: the graph's standard Gather + MatMul + Add of each sparse
 convolution (SPEC.md) rewritten, in memory at session creation, into one
-``fuller::SparseGatherGemm`` node whose CPU kernel skips the taps with no neighbour.
+``fuller::SparseGatherGemm`` node whose CPU kernel (`cpu_kernels.gather_gemm`) skips the taps
+with no neighbour.
 
 Why: the standard composition multiplies every (site, tap) row, zero rows included, and on a
 tiny-model LiDAR frame only 16-23 % of the (site, tap) pairs have a neighbour at full resolution
-(52-61 % at the coarser levels), so 1.6-6x of its GEMM work is on zeros. The fused kernel gathers, per tap, only the sites that have a neighbour
-there and adds their product with that tap's filter into the output, spconv's gather-GEMM-scatter
-(each output row appears at most once per tap, so the scatter is a plain indexed add). The
-exported artefact keeps the standard ops, which TensorRT and INT8 builds read; only ONNX Runtime's
-CPU path takes the fused node.
+(52-61 % at the coarser levels), so 1.6-6x of its GEMM work is on zeros. The fused kernel
+multiplies only the pairs with a neighbour, spconv's gather-GEMM-scatter. The exported artefact
+keeps the standard ops, which TensorRT and INT8 builds read; only ONNX Runtime's CPU path takes
+the fused node.
 
 The pattern, as `fuller.export.lidar` writes it::
 
@@ -28,25 +28,6 @@ from onnx import helper, numpy_helper
 from .schema import DOMAIN
 
 FUSED = "SparseGatherGemm"
-
-
-def gather_gemm(features: np.ndarray, neighbours: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """(M, Cout): ``bias + sum over taps t of features[neighbours[:, t]] @ W_t`` where the
-    neighbour exists (``< N``, the rows of ``features``), one GEMM per tap over those sites only."""
-    n, cin = features.shape
-    m, taps = neighbours.shape
-    w = weight.reshape(taps, cin, weight.shape[1])
-    out = np.empty((m, w.shape[2]), dtype=np.float32)
-    out[:] = bias
-    by_tap = np.ascontiguousarray(neighbours.T)
-    for t in range(taps):
-        rows = by_tap[t]
-        sites = np.flatnonzero(rows < n)
-        if len(sites) == m:
-            out += features[rows] @ w[t]
-        elif len(sites):
-            out[sites] += features[rows[sites]] @ w[t]
-    return out
 
 
 def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:

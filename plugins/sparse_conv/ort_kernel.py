@@ -1,13 +1,15 @@
 """ONNX Runtime CPU kernels of ``fuller::SparseSites`` and ``fuller::SparseRulebook`` through
-onnxruntime-extensions' Python custom ops: the NumPy kernels of `rulebook.py` behind the nodes'
+onnxruntime-extensions' Python custom ops: the kernels of `rulebook.py` behind the nodes'
 inputs and scalar attributes; and of ``fuller::SparseGatherGemm``, the fused layer that
 `ort_fusion.py` puts in place of each layer's Gather + MatMul + Add for ONNX Runtime (float32, the
 graph ONNX Runtime runs). Importing this module registers the kernels."""
 from __future__ import annotations
 
+import numpy as np
 from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
-from .ort_fusion import FUSED, gather_gemm
+from .cpu_kernels import gather_gemm
+from .ort_fusion import FUSED
 from .reference import ConvGeometry
 from .rulebook import sparse_rulebook, sparse_sites
 from .schema import DOMAIN, RULEBOOK, RULEBOOK_ATTRIBUTES, SITES, SITES_ATTRIBUTES
@@ -30,4 +32,4 @@ def sparse_rulebook_ort(coords, count, sites, **attrs):
 @onnx_op(op_type=f"{DOMAIN}::{FUSED}", inputs=[PyCustomOpDef.dt_float, _I, PyCustomOpDef.dt_float,
                                               PyCustomOpDef.dt_float], outputs=[PyCustomOpDef.dt_float])
 def sparse_gather_gemm_ort(features, neighbours, weight, bias):
-    return gather_gemm(features, neighbours, weight, bias)
+    return gather_gemm(*(np.ascontiguousarray(a) for a in (features, neighbours, weight, bias)))

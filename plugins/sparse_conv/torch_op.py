@@ -3,7 +3,7 @@ PyTorch sees them (SPEC.md), so the exporter can trace the layer composition of 
 TorchScript exporter can turn the two ops into ``fuller::SparseSites`` / ``fuller::SparseRulebook``
 nodes. Importing this module registers the ops.
 
-CPU runs the NumPy kernels (`rulebook.py`), CUDA the Triton kernels. Integer outputs, so there is
+CPU runs the CPU kernels (`rulebook.py`), CUDA the Triton kernels. Integer outputs, so there is
 no autograd: training uses spconv's layers, and the exporter folds them into this composition
 (`fuller.export.lidar`). The row count of the outputs is data-dependent; the symbolics leave that
 dimension unnamed so the graph carries it as dynamic.
@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from .reference import ConvGeometry
-from .rulebook import sparse_rulebook as sparse_rulebook_numpy
-from .rulebook import sparse_sites as sparse_sites_numpy
+from .rulebook import sparse_rulebook as sparse_rulebook_cpu
+from .rulebook import sparse_sites as sparse_sites_cpu
 from .schema import AOT, DOMAIN, RULEBOOK, SITES
 
 
@@ -31,7 +31,7 @@ def sparse_sites(coords: torch.Tensor, count: torch.Tensor, kernel: list[int], s
     if coords.device.type != "cpu":
         from .triton_kernel import sparse_sites_triton
         return sparse_sites_triton(coords, count, geom)
-    return tuple(torch.from_numpy(o) for o in sparse_sites_numpy(coords.numpy(), count.numpy(), geom))
+    return tuple(torch.from_numpy(o) for o in sparse_sites_cpu(coords.numpy(), count.numpy(), geom))
 
 
 @sparse_sites.register_fake
@@ -48,7 +48,7 @@ def sparse_rulebook(coords: torch.Tensor, count: torch.Tensor, sites: torch.Tens
     if coords.device.type != "cpu":
         from .triton_kernel import sparse_rulebook_triton
         return sparse_rulebook_triton(coords, count, sites, geom)
-    return torch.from_numpy(sparse_rulebook_numpy(coords.numpy(), count.numpy(), sites.numpy(), geom))
+    return torch.from_numpy(sparse_rulebook_cpu(coords.numpy(), count.numpy(), sites.numpy(), geom))
 
 
 @sparse_rulebook.register_fake
