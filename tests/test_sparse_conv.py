@@ -233,59 +233,113 @@ def test_torch_ops_composed_as_exported_match_spconv(name):
         torch.testing.assert_close(mine[tuple(c.tolist())], torch.relu(f), rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def ort_layer():
-    """A one-layer ONNX graph as the exporter writes it (SparseSites, SparseRulebook, Concat, Gather,
-    Reshape, MatMul, Add), fully checked with the schemas and run by ONNX Runtime."""
-    onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install fuller[export])")
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install fuller[export])")
-    pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions is not installed")
+def layer_model(features_shape, coords_shape, w, b, g):
+    """A one-layer ONNX graph as the exporter writes it (SparseSites, SparseRulebook, Reshape, Concat,
+    Gather, Reshape, MatMul, Add), fully checked with the schemas."""
+    import onnx
     from onnx import TensorProto, helper
 
-    from fuller.plugins import ort_session_options, register_onnx_schemas
+    from fuller.plugins import register_onnx_schemas
 
     register_onnx_schemas()
+    cin, cout = w.shape[3], w.shape[4]
+    inputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, list(features_shape)),
+              helper.make_tensor_value_info("coords", TensorProto.INT32, list(coords_shape)),
+              helper.make_tensor_value_info("count", TensorProto.INT32, [1])]
+    inits = [onnx.numpy_helper.from_array(w.reshape(-1, cout), "weight"), onnx.numpy_helper.from_array(b, "bias"),
+             onnx.numpy_helper.from_array(np.zeros((1, cin), np.float32), "zero_row"),
+             onnx.numpy_helper.from_array(np.array([-1, g.taps * cin], np.int64), "shape"),
+             onnx.numpy_helper.from_array(np.array([-1], np.int64), "flat_shape")]
+    nodes = [helper.make_node("SparseSites", ["coords", "count"], ["sites", "sites_count"], domain="fuller",
+                              **g.attributes()),
+             helper.make_node("SparseRulebook", ["coords", "count", "sites"], ["neighbours"], domain="fuller",
+                              **g.attributes(sites=False)),
+             helper.make_node("Concat", ["features", "zero_row"], ["rows"], axis=0),
+             helper.make_node("Reshape", ["neighbours", "flat_shape"], ["flat_neighbours"]),
+             helper.make_node("Gather", ["rows", "flat_neighbours"], ["gathered"], axis=0),
+             helper.make_node("Reshape", ["gathered", "shape"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "weight"], ["product"]),
+             helper.make_node("Add", ["product", "bias"], ["out"])]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["sites", cout]),
+               helper.make_tensor_value_info("sites", TensorProto.INT32, ["sites", 4]),
+               helper.make_tensor_value_info("sites_count", TensorProto.INT32, [1])]
+    model = helper.make_model(helper.make_graph(nodes, "sparse_layer", inputs, outputs, inits), ir_version=10,
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("fuller", 1)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def ort_layer():
+    """Runs `layer_model` in ONNX Runtime, as exported or with the backend's fused gather-GEMM."""
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install fuller[export])")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install fuller[export])")
+    pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions is not installed")
+    from fuller.plugins import ort_session_options, prepare_for_onnxruntime
+
     options = ort_session_options()
 
-    def run(features, coords, count, w, b, g):
-        cin, cout = w.shape[3], w.shape[4]
-        inputs = [helper.make_tensor_value_info("features", TensorProto.FLOAT, list(features.shape)),
-                  helper.make_tensor_value_info("coords", TensorProto.INT32, list(coords.shape)),
-                  helper.make_tensor_value_info("count", TensorProto.INT32, [1])]
-        inits = [onnx.numpy_helper.from_array(w.reshape(-1, cout), "weight"), onnx.numpy_helper.from_array(b, "bias"),
-                 onnx.numpy_helper.from_array(np.zeros((1, cin), np.float32), "zero_row"),
-                 onnx.numpy_helper.from_array(np.array([-1, g.taps * cin], np.int64), "shape")]
-        nodes = [helper.make_node("SparseSites", ["coords", "count"], ["sites", "sites_count"], domain="fuller",
-                                  **g.attributes()),
-                 helper.make_node("SparseRulebook", ["coords", "count", "sites"], ["neighbours"], domain="fuller",
-                                  **g.attributes(sites=False)),
-                 helper.make_node("Concat", ["features", "zero_row"], ["rows"], axis=0),
-                 helper.make_node("Gather", ["rows", "neighbours"], ["gathered"], axis=0),
-                 helper.make_node("Reshape", ["gathered", "shape"], ["flat"]),
-                 helper.make_node("MatMul", ["flat", "weight"], ["product"]),
-                 helper.make_node("Add", ["product", "bias"], ["out"])]
-        outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["sites", cout]),
-                   helper.make_tensor_value_info("sites", TensorProto.INT32, ["sites", 4]),
-                   helper.make_tensor_value_info("sites_count", TensorProto.INT32, [1])]
-        model = helper.make_model(helper.make_graph(nodes, "sparse_layer", inputs, outputs, inits), ir_version=10,
-                                  opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("fuller", 1)])
-        onnx.checker.check_model(model, full_check=True)
+    def run(features, coords, count, w, b, g, fused):
+        model = layer_model(features.shape, coords.shape, w, b, g)
+        if fused:
+            model, rewritten = prepare_for_onnxruntime(model)
+            assert rewritten == 1
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         return session.run(None, {"features": features, "coords": coords, "count": count})
 
     return run
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["standard", "fused"])
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("n", [0, 45])
-def test_onnxruntime_layer_matches_reference(ort_layer, name, n):
+def test_onnxruntime_layer_matches_reference(ort_layer, name, n, fused):
     rng = np.random.default_rng(n + 11)
     features, coords, count = random_voxels(rng, n, 50)
     g = geometry(name, 50)
     w, b = weights(rng, g.kernel)
     want, want_coords, want_count = sparse_conv3d_reference(features, coords, count, w, b, g)
-    out, sites, sites_count = ort_layer(features, coords, count, w, b, g)
+    out, sites, sites_count = ort_layer(features, coords, count, w, b, g, fused)
     m = int(want_count[0])
     np.testing.assert_array_equal(sites, want_coords[:m])
     np.testing.assert_array_equal(sites_count, want_count)
     np.testing.assert_allclose(out, want[:m], rtol=1e-5, atol=1e-5)
+
+
+FIRST_FRAME = """
+import sys
+import numpy as np
+import onnxruntime
+sys.path.insert(0, {tests!r})
+from test_sparse_conv import geometry, layer_model, random_voxels, weights
+from fuller.plugins import ort_session_options, prepare_for_onnxruntime
+from fuller.plugins.sparse_conv import cpu_kernels
+
+options = ort_session_options()
+loops = (cpu_kernels.rulebook_table, cpu_kernels.strided_site_keys, cpu_kernels.gather_gemm)
+before = [list(f.signatures) for f in loops]
+features, coords, count = random_voxels(np.random.default_rng(3), 40, 50)
+for name in ("subm3", "down3"):
+    g = geometry(name, 50)
+    w, b = weights(np.random.default_rng(4), g.kernel)
+    model, _ = prepare_for_onnxruntime(layer_model(features.shape, coords.shape, w, b, g))
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, {{"features": features, "coords": coords, "count": count}})
+after = [list(f.signatures) for f in loops]
+print("compiled at load:", [len(s) for s in before], "after a frame:", [len(s) for s in after])
+sys.exit(0 if before == after and all(before) else 1)
+"""
+
+
+def test_onnxruntime_kernels_compile_at_load_not_on_the_first_frame():
+    """Registering the ONNX Runtime kernels compiles every loop for the argument types a frame
+    passes them: running fused layers afterwards (in a fresh process) adds no signature, which
+    would otherwise be compiled during the first frame."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("onnxruntime_extensions", reason="onnxruntime-extensions is not installed")
+    script = FIRST_FRAME.format(tests=str(Path(__file__).parent))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]

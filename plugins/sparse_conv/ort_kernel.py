@@ -2,13 +2,14 @@
 onnxruntime-extensions' Python custom ops: the kernels of `rulebook.py` behind the nodes'
 inputs and scalar attributes; and of ``fuller::SparseGatherGemm``, the fused layer that
 `ort_fusion.py` puts in place of each layer's Gather + MatMul + Add for ONNX Runtime (float32, the
-graph ONNX Runtime runs). Importing this module registers the kernels."""
+graph ONNX Runtime runs). Importing this module registers the kernels and compiles their loops
+(`cpu_kernels.compile_all`)."""
 from __future__ import annotations
 
 import numpy as np
 from onnxruntime_extensions import PyCustomOpDef, onnx_op
 
-from .cpu_kernels import gather_gemm
+from .cpu_kernels import compile_all, gather_gemm
 from .ort_fusion import FUSED
 from .reference import ConvGeometry
 from .rulebook import sparse_rulebook, sparse_sites
@@ -33,3 +34,6 @@ def sparse_rulebook_ort(coords, count, sites, **attrs):
                                               PyCustomOpDef.dt_float], outputs=[PyCustomOpDef.dt_float])
 def sparse_gather_gemm_ort(features, neighbours, weight, bias):
     return gather_gemm(*(np.ascontiguousarray(a) for a in (features, neighbours, weight, bias)))
+
+
+compile_all()
