@@ -8,8 +8,9 @@ over output sites, and the GEMMs go to BLAS on blocks that stay in cache. Numba 
 function once per machine and caches it next to this file (or in the user's cache where that is
 read-only), so only the first process pays the compile.
 
-The algorithms are the Triton kernels' (`triton_kernel.py`): the rulebook is a binary search of each
-(site, tap) key among the sorted input keys, the strided sites the sorted unique candidate keys.
+The algorithms are the Triton kernels' (`triton_kernel.py`): the rulebook is a binary search among
+the sorted input keys (here one per z column, `rulebook_table`), the strided sites the sorted unique
+candidate keys.
 Keys are ``((b * X + x) * Y + y) * Z + z`` (`reference.site_keys`). Inputs are checked by the
 callers (`rulebook.py`, `ort_kernel.py`); these functions trust them.
 """
