@@ -83,7 +83,7 @@ def check_sidecar(engine_path: str | Path, trt_version: str, gpu_name: str) -> d
     if record["gpu_name"] != gpu_name:
         differences.append(f"a {record['gpu_name']} GPU (this machine has a {gpu_name})")
     if differences:
-        flag = " --fp16" if record["precision"] == "fp16" else ""
+        flag = {"fp16": " --fp16", "int8": " --int8"}.get(record["precision"], "")
         raise EngineMismatchError(f"{engine_path} was built for {' and '.join(differences)}; engines only run on "
                                   f"the TensorRT version and GPU they were built for: {REBUILD}{flag}")
     return record

@@ -37,34 +37,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 
-from fuller.plugins import custom_output_types
+from .onnx_graph import declare_custom_outputs, name_nodes
 
 FP32_OPS = ("Resize", "Upsample", "NonMaxSuppression", "Range", "CumSum")
 # Largest finite float16: initializer values beyond it are clipped to it (not to the converter's
 # default 1e4, which would alter representable constants).
 FP16_MAX = 65504.0
-
-
-def _name_nodes(graph) -> None:
-    taken = {node.name for node in graph.node if node.name}
-    for i, node in enumerate(graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{i}"
-            while name in taken:
-                name += "_"
-            node.name = name
-            taken.add(name)
-
-
-def _declare_custom_outputs(graph) -> None:
-    from onnx import helper
-
-    types = custom_output_types()
-    known = {v.name for v in (*graph.value_info, *graph.output)}
-    for node in graph.node:
-        for name, elem_type in zip(node.output, types.get((node.domain, node.op_type), ())):
-            if name and name not in known:
-                graph.value_info.append(helper.make_tensor_value_info(name, elem_type, None))
 
 
 def _retype_float_producers(graph, op_block_list: set[str], node_block_list: set[str]) -> None:
@@ -144,8 +122,8 @@ def cast_to_fp16(model, node_block_list: Iterable[str] = (), op_block_list: Iter
     op_block_list, node_block_list = set(op_block_list), set(node_block_list)
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
-    _name_nodes(prepared.graph)
-    _declare_custom_outputs(prepared.graph)
+    name_nodes(prepared.graph)
+    declare_custom_outputs(prepared.graph)
     _retype_float_producers(prepared.graph, op_block_list, node_block_list)
     with warnings.catch_warnings():
         # one warning per weight below float16's smallest normal (trained filters have thousands);

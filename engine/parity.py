@@ -29,6 +29,16 @@ SCORE_TIE = 1e-5  # scores this close to the top-K cut may be kept by either bac
 FP16_MAP_MAX_ABS = 1e-2
 FP16_SCORE_TIE = 1e-2
 
+# An INT8 graph (fuller quantize) moves individual boxes. A low-score box may change class or leave
+# the top-K: on the tiny model, ~10 % of the boxes with score >= 0.1 move by more than 0.5 m. So its
+# gate is accuracy against the float graph on the same frames: |delta| of mAP, NDS and mIoU within
+# INT8_METRIC_POINTS. The dense outputs' mean error is also bounded; the tiny model measures 0.0065
+# on map_probs and 0.0033 on scores. The per-box table is still reported, against
+# INT8_BOX_TOLERANCE, but it does not fail.
+INT8_METRIC_POINTS = 1.0
+INT8_MEAN_ABS = {"map_probs": 0.02, "scores": 0.02}
+INT8_MAP_MAX_ABS = 1.0  # probabilities: the mean bound above is the one that applies
+
 
 @dataclass(frozen=True)
 class BoxTolerance:
@@ -43,6 +53,7 @@ class BoxTolerance:
 
 
 FP16_BOX_TOLERANCE = BoxTolerance(centre_m=0.1, size_m=0.1, yaw_rad=0.05, velocity_m_s=0.1, score=1e-2)
+INT8_BOX_TOLERANCE = BoxTolerance(centre_m=0.5, size_m=0.2, yaw_rad=0.2, velocity_m_s=0.2, score=0.05)
 
 # The compared attributes: BoxTolerance field (also the key in parity.json) and the table's name.
 BOX_ATTRIBUTES = {
@@ -171,14 +182,22 @@ class Comparison:
         if "boxes" in ref:
             self.boxes.add(ref, other, self.score_threshold, self.score_tie)
 
-    def failures(self, map_max_abs: float = MAP_MAX_ABS, box_tolerance: BoxTolerance = BoxTolerance()) -> list[str]:
+    def failures(self, map_max_abs: float = MAP_MAX_ABS, box_tolerance: BoxTolerance = BoxTolerance(),
+                 gate_boxes: bool = True, mean_abs: dict[str, float] | None = None) -> list[str]:
+        """The thresholds exceeded. ``gate_boxes`` False reports the matched boxes without failing
+        on them (INT8); ``mean_abs`` bounds the mean absolute difference of the named outputs."""
         out = []
         if "map_probs" in self.outputs and self.outputs["map_probs"].max_abs > map_max_abs:
             out.append(f"map_probs: max abs diff {self.outputs['map_probs'].max_abs:.3g} > {map_max_abs:g}")
+        for name, limit in (mean_abs or {}).items():
+            if name in self.outputs and self.outputs[name].mean_abs > limit:
+                out.append(f"{name}: mean abs diff {self.outputs[name].mean_abs:.3g} > {limit:g}")
         b = self.boxes
         if b.frames and not b.reference:
             out.append(f"boxes: no boxes compared over {b.frames} frames (none with score >= {self.score_threshold:g} "
                        f"in the reference outside the top-K tie), so their parity is unchecked")
+        if not gate_boxes:
+            return out
         summary = b.summary(box_tolerance)
         for name, title in BOX_ATTRIBUTES.items():
             worst, limit, over = (summary[name][k] for k in ("max_abs_error", "tolerance", "over_tolerance"))
@@ -206,7 +225,7 @@ def metric_deltas(ref: dict, other: dict) -> dict[str, float]:
 
 
 def format_parity(comparison: Comparison, deltas: dict[str, float], ref_name: str, other_name: str,
-                  frames: int, box_tolerance: BoxTolerance = BoxTolerance()) -> str:
+                  frames: int, box_tolerance: BoxTolerance = BoxTolerance(), metric_ref_name: str | None = None) -> str:
     lines = [f"parity: {other_name} vs {ref_name} over {frames} frames", "",
              "| output | max abs diff | mean abs diff | min cosine |", "|---|---:|---:|---:|"]
     for name, d in comparison.outputs.items():
@@ -221,6 +240,6 @@ def format_parity(comparison: Comparison, deltas: dict[str, float], ref_name: st
                   f"{summary[name]['over_tolerance']} |" for name, title in BOX_ATTRIBUTES.items()]
         lines.append(f"| label | | equal | {b.label_mismatches(box_tolerance.centre_m)} |")
     if deltas:
-        lines += ["", "| metric | delta (points) |", "|---|---:|"]
+        lines += ["", f"| metric | {other_name} - {metric_ref_name or ref_name} (points) |", "|---|---:|"]
         lines += [f"| {name} | {value:+.3f} |" for name, value in deltas.items()]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Building the TensorRT engine of the exported graph: `build_engine`, the library function behind
 ``python export/build_engine.py --fp16``, ``fuller build-engine`` and the ROS 2 node's first start.
 
-Steps: register the ``fuller`` plugins, optionally cast the graph to float16 (`fp16.cast_to_fp16`),
+Steps: register the ``fuller`` plugins, optionally cast the graph to float16 (`fp16.cast_to_fp16`;
+an INT8 graph of ``fuller quantize`` is built as it is: its Q/DQ pairs are its precision),
 lower the ops whose TensorRT form differs (`fuller.plugins.prepare_for_tensorrt`: a strided
 ``SparseSites`` as two single-launch plugins), parse it with TensorRT's ONNX parser into a
 **strongly-typed** network (TensorRT 10 and 11: the graph's types are the engine's precision; 11
@@ -69,13 +70,15 @@ def profile_shapes(model, metadata: dict[str, str]
     return shapes
 
 
-def precision_flags(fp16: bool) -> dict[str, bool]:
+def precision_flags(fp16: bool, int8: bool = False) -> dict[str, bool]:
     """What decides the engine's arithmetic, recorded in its sidecar: the network is strongly typed
-    (the graph's types are the engine's), the graph was cast to float16 or not, and TF32 is off.
+    (the graph's types are the engine's), the graph was cast to float16 or not, it carries INT8
+    Q/DQ pairs (explicit quantisation: TensorRT runs INT8 where they say, and takes no INT8
+    builder flag in a strongly-typed network), and TF32 is off.
     TensorRT enables TF32 by default, which rounds float32 convolution and matrix-multiply inputs to
     10-bit mantissas: a float32 engine would then miss the float32 parity thresholds, and the float32
     islands of a float16 graph are float32 for accuracy."""
-    return {"strongly_typed": True, "fp16": fp16, "tf32": False}
+    return {"strongly_typed": True, "fp16": fp16, "int8_qdq": int8, "tf32": False}
 
 
 def format_parser_errors(parser) -> str:
@@ -123,10 +126,25 @@ def _build_serialized(trt, model, shapes: dict, flags: dict[str, bool], onnx_pat
     return bytes(memoryview(serialized))
 
 
-def build_engine(onnx_path: str | Path, out: str | Path | None = None, *, fp16: bool = False,
+def check_precision(metadata: dict[str, str], onnx_path: Path, fp16: bool, int8: bool) -> None:
+    """The build's precision matches the graph: ``int8`` exactly when the graph is the INT8 one of
+    fuller quantize (metadata), and not together with ``fp16``."""
+    if fp16 and int8:
+        raise UserInputError("int8 and fp16 together: the INT8 graph is opset 17, whose QuantizeLinear takes float32 "
+                             "only; build one or the other")
+    is_int8 = metadata.get(contract.META_PRECISION) == "int8"
+    if int8 and not is_int8:
+        raise UserInputError(f"{onnx_path}: --int8 needs the INT8 graph; make it with fuller quantize --model "
+                             f"{onnx_path} --data DIR")
+    if is_int8 and not int8:
+        raise UserInputError(f"{onnx_path} is an INT8 graph (Q/DQ pairs); build it with --int8")
+
+
+def build_engine(onnx_path: str | Path, out: str | Path | None = None, *, fp16: bool = False, int8: bool = False,
                  workspace_gib: float = 4.0, timing_cache: str | Path | None = None, verbose: bool = False) -> Path:
     """Build ``out`` (default: the ONNX path with the suffix .engine) and its sidecar; returns ``out``.
-    Without TensorRT or an NVIDIA GPU: a `UserInputError` saying which is missing."""
+    ``int8``: the graph is fuller quantize's (`check_precision`). Without TensorRT or an NVIDIA
+    GPU: a `UserInputError` saying which is missing."""
     onnx_path = Path(onnx_path)
     out = onnx_path.with_suffix(".engine") if out is None else Path(out)
     if workspace_gib <= 0:
@@ -140,6 +158,7 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, *, fp16: 
     onnx_bytes = onnx_path.read_bytes()
     model = onnx.load_from_string(onnx_bytes)
     metadata = read_metadata(model)
+    check_precision(metadata, onnx_path, fp16, int8)
     shapes = profile_shapes(model, metadata)
     gpu_name, capability = current_gpu()
     register_plugins()
@@ -151,12 +170,13 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, *, fp16: 
         except ValueError as exc:
             raise UserInputError(str(exc)) from exc
     model, _ = prepare_for_tensorrt(model)  # after the checks above: the lowered nodes have no ONNX schema
-    flags = precision_flags(fp16)
+    flags = precision_flags(fp16, int8)
     engine = _build_serialized(trt, model, shapes, flags, onnx_path, workspace_gib,
                                None if timing_cache is None else Path(timing_cache), verbose)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(engine)
     write_sidecar(out, sidecar_record(tensorrt_version=trt.__version__, gpu_name=gpu_name,
-                                      compute_capability=capability, precision="fp16" if fp16 else "fp32",
+                                      compute_capability=capability,
+                                      precision="int8" if int8 else "fp16" if fp16 else "fp32",
                                       precision_flags=flags, metadata=metadata, onnx_bytes=onnx_bytes))
     return out

@@ -180,3 +180,20 @@ def test_box_matching_exempts_only_ties_at_the_cut():
     c = Comparison(score_threshold=0.1)
     c.add(ref, swapped)
     assert c.boxes.tied == 1 and c.boxes.reference == 2
+
+
+def test_int8_thresholds_bound_mean_errors_and_report_boxes_without_failing_on_them():
+    """INT8's gate: the mean error of the dense outputs (INT8_MEAN_ABS), not each box. A box moved
+    0.5 m is still in the record, but it fails only under the float thresholds."""
+    from fuller.engine.parity import INT8_BOX_TOLERANCE, INT8_MAP_MAX_ABS, INT8_MEAN_ABS
+
+    ref = graph_outputs()
+    other = perturbed(ref, _add(0, 0.6))
+    int8 = {"map_max_abs": INT8_MAP_MAX_ABS, "box_tolerance": INT8_BOX_TOLERANCE, "gate_boxes": False,
+            "mean_abs": INT8_MEAN_ABS}
+    c = compare(ref, other)
+    assert c.failures(**int8) == [] and failed_checks(c.failures()) == ["centre_m"]
+    assert c.boxes.record(INT8_BOX_TOLERANCE)["centre_m"]["over_tolerance"] > 0
+    shifted = {**other, "map_probs": ref["map_probs"] + np.float32(0.03)}
+    assert [f.split(":")[0] for f in compare(ref, shifted).failures(**int8)] == ["map_probs"]
+    assert "mean abs diff 0.03 > 0.02" in compare(ref, shifted).failures(**int8)[0]

@@ -168,8 +168,8 @@ class FakeBuild:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, onnx_path, out, *, fp16=False):
-        self.calls.append((Path(onnx_path), Path(out), fp16))
+    def __call__(self, onnx_path, out, *, fp16=False, int8=False):
+        self.calls.append((Path(onnx_path), Path(out), fp16) + ((int8,) if int8 else ()))
         Path(out).write_bytes(b"engine")
         Path(str(out) + ".json").write_text("{}")
         return Path(out)
@@ -203,6 +203,25 @@ def test_onnx_engine_is_built_once_then_reused(tmp_path, model_file, fake_tensor
     Path(str(engine) + ".json").unlink()  # no sidecar: an interrupted build
     model_artifact(params, lambda _: None)
     assert len(fake_tensorrt.calls) == 3
+
+
+def test_an_int8_graph_is_built_with_its_int8_not_fp16(tmp_path, fake_tensorrt):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from fuller.engine import contract
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+    model.metadata_props.add(key=contract.META_PRECISION, value="int8")
+    path = tmp_path / "fuller.int8.onnx"
+    onnx.save(model, path)
+    messages = []
+    assert model_artifact(NodeParams(model=str(path)), messages.append) == tmp_path / "fuller.int8.engine"
+    assert fake_tensorrt.calls == [(path, tmp_path / "fuller.int8.engine", False, True)]
+    assert "with int8" in messages[-1]
 
 
 def test_other_models_load_as_given(tmp_path, model_file, fake_tensorrt):

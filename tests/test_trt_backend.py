@@ -79,13 +79,13 @@ def test_geometry_is_uploaded_when_the_arrays_change():
 
 
 def test_precision_flags_recorded_in_the_sidecar(tmp_path):
-    for fp16 in (False, True):
-        flags = tensorrt_build.precision_flags(fp16)
-        assert flags == {"strongly_typed": True, "fp16": fp16, "tf32": False}
+    for fp16, int8, precision in ((False, False, "fp32"), (True, False, "fp16"), (False, True, "int8")):
+        flags = tensorrt_build.precision_flags(fp16, int8)
+        assert flags == {"strongly_typed": True, "fp16": fp16, "int8_qdq": int8, "tf32": False}
         record = artifacts.sidecar_record(tensorrt_version="10.16.1.11", gpu_name="NVIDIA H200",
-                                          compute_capability="9.0", precision="fp16" if fp16 else "fp32",
+                                          compute_capability="9.0", precision=precision,
                                           precision_flags=flags, metadata={}, onnx_bytes=b"")
-        engine = tmp_path / f"{fp16}.engine"
+        engine = tmp_path / f"{precision}.engine"
         artifacts.write_sidecar(engine, record)
         assert artifacts.check_sidecar(engine, "10.16.1.11", "NVIDIA H200")["precision_flags"] == flags
     del record["precision_flags"]

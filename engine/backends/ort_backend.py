@@ -38,6 +38,9 @@ class OnnxRuntimeBackend:
         except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file, or a truncated one
             raise UserInputError(f"{self.path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
         self.config = read_config(model, self.path)
+        self.precision = {p.key: p.value for p in model.metadata_props}.get(contract.META_PRECISION, "fp32")
+        if self.precision != "fp32":
+            self.name = f"onnxruntime-{self.precision}"  # rows and folders beside the float graph's
         try:
             if not any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer):
                 model, self.fused_layers = prepare_for_onnxruntime(model)
@@ -58,4 +61,5 @@ class OnnxRuntimeBackend:
 
     def describe(self) -> str:
         fused = f", {self.fused_layers} sparse layers fused" if self.fused_layers else ""
-        return f"ONNX Runtime {onnxruntime.__version__} ({', '.join(self.session.get_providers())}{fused})"
+        precision = ", INT8 Q/DQ graph" if self.precision == "int8" else ""
+        return f"ONNX Runtime {onnxruntime.__version__} ({', '.join(self.session.get_providers())}{precision}{fused})"

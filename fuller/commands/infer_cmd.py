@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from fuller.engine.parity import MAP_MAX_ABS, METRIC_POINTS, BoxTolerance
+    from fuller.engine.parity import (INT8_BOX_TOLERANCE, INT8_MAP_MAX_ABS, INT8_METRIC_POINTS, MAP_MAX_ABS, METRIC_POINTS,
+                                      BoxTolerance)
 
     p = subparsers.add_parser(
         "infer", help="run a model (.engine, .onnx or checkpoint) over a split and score it",
@@ -28,27 +29,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the checkpoint (PyTorch) and --model on the same preprocessed inputs of every sample of a "
                     "split; print max/mean abs diff and cosine per output, the largest error of matched boxes per "
                     "attribute (centre, size, yaw, velocity, score, label) and the mAP/NDS/mIoU deltas; exit 1 when "
-                    "a threshold is exceeded or no box was compared.")
+                    "a threshold is exceeded or no box was compared. An INT8 graph (fuller quantize) has its own "
+                    "thresholds: its mAP/NDS/mIoU deltas are taken against its float graph, run on the same inputs, "
+                    "and its boxes are reported without failing.")
     q.add_argument("--checkpoint", required=True, help="checkpoint.pt (the reference)")
-    q.add_argument("--model", required=True, help="model.onnx or model.engine to compare")
+    q.add_argument("--model", required=True, help="model.onnx, model.int8.onnx or model.engine to compare")
+    q.add_argument("--float-model", default=None,
+                   help="for an INT8 --model: its float graph (default: the one it was quantised from, next to it)")
     q.add_argument("--data", required=True, help="nuScenes dataset root")
     q.add_argument("--split", default=None, help="devkit split (default: the config's val split)")
     q.add_argument("--out", default="parity", help="folder for both backends' results (default ./parity)")
-    q.add_argument("--map-max-abs", type=float, default=MAP_MAX_ABS,
-                   help=f"largest allowed map probability difference (default {MAP_MAX_ABS:g})")
-    box = BoxTolerance()
-    q.add_argument("--box-tolerance", type=float, default=box.centre_m,
-                   help=f"largest centre distance of a box to its match, in m (default {box.centre_m:g})")
-    q.add_argument("--size-tolerance", type=float, default=box.size_m,
-                   help=f"largest width, length or height difference of matched boxes, in m (default {box.size_m:g})")
-    q.add_argument("--yaw-tolerance", type=float, default=box.yaw_rad,
-                   help=f"largest yaw difference of matched boxes modulo 2 pi, in rad (default {box.yaw_rad:g})")
-    q.add_argument("--velocity-tolerance", type=float, default=box.velocity_m_s,
-                   help=f"largest vx or vy difference of matched boxes, in m/s (default {box.velocity_m_s:g})")
-    q.add_argument("--score-tolerance", type=float, default=box.score,
-                   help=f"largest score difference of matched boxes (default {box.score:g})")
-    q.add_argument("--metric-points", type=float, default=METRIC_POINTS,
-                   help=f"largest allowed |delta| of mAP, NDS, mIoU in points (default {METRIC_POINTS:g})")
+    box, int8 = BoxTolerance(), INT8_BOX_TOLERANCE
+    q.add_argument("--map-max-abs", type=float, default=None,
+                   help=f"largest allowed map probability difference (default {MAP_MAX_ABS:g}; INT8 {INT8_MAP_MAX_ABS:g})")
+    q.add_argument("--box-tolerance", type=float, default=None,
+                   help=f"largest centre distance of a box to its match, in m (default {box.centre_m:g}; "
+                        f"INT8 {int8.centre_m:g})")
+    q.add_argument("--size-tolerance", type=float, default=None,
+                   help=f"largest width, length or height difference of matched boxes, in m (default {box.size_m:g}; "
+                        f"INT8 {int8.size_m:g})")
+    q.add_argument("--yaw-tolerance", type=float, default=None,
+                   help=f"largest yaw difference of matched boxes modulo 2 pi, in rad (default {box.yaw_rad:g}; "
+                        f"INT8 {int8.yaw_rad:g})")
+    q.add_argument("--velocity-tolerance", type=float, default=None,
+                   help=f"largest vx or vy difference of matched boxes, in m/s (default {box.velocity_m_s:g}; "
+                        f"INT8 {int8.velocity_m_s:g})")
+    q.add_argument("--score-tolerance", type=float, default=None,
+                   help=f"largest score difference of matched boxes (default {box.score:g}; INT8 {int8.score:g})")
+    q.add_argument("--metric-points", type=float, default=None,
+                   help=f"largest allowed |delta| of mAP, NDS, mIoU in points (default {METRIC_POINTS:g}; "
+                        f"INT8 {INT8_METRIC_POINTS:g})")
     q.set_defaults(func=run_parity_cmd)
 
 
@@ -68,18 +78,33 @@ def run_infer(args: argparse.Namespace) -> int:
 
 def run_parity_cmd(args: argparse.Namespace) -> int:
     from fuller.engine.offline import run_parity
-    from fuller.engine.parity import BoxTolerance
+    from fuller.engine.parity import (INT8_BOX_TOLERANCE, INT8_MAP_MAX_ABS, INT8_MEAN_ABS, INT8_METRIC_POINTS,
+                                      MAP_MAX_ABS, METRIC_POINTS, BoxTolerance)
     from fuller.export.models import open_engine
+    from fuller.export.quantize import float_source
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     reference, other = open_engine(args.checkpoint), open_engine(args.model)
+    int8 = getattr(other.backend, "precision", "fp32") == "int8"
+    metric_reference = open_engine(float_source(args.model, args.float_model)) if int8 else None
     split = args.split or reference.config.data.val_split
     print(f"reference: {reference.describe()}\nother:     {other.describe()}")
-    box_tolerance = BoxTolerance(centre_m=args.box_tolerance, size_m=args.size_tolerance, yaw_rad=args.yaw_tolerance,
-                                 velocity_m_s=args.velocity_tolerance, score=args.score_tolerance)
-    report = run_parity(reference, other, args.data, split, args.out, args.map_max_abs, box_tolerance,
-                        args.metric_points)
+    if metric_reference is not None:
+        print(f"metrics against: {metric_reference.describe()}")
+
+    def pick(given, default, int8_default):
+        return given if given is not None else int8_default if int8 else default
+
+    box = INT8_BOX_TOLERANCE if int8 else BoxTolerance()
+    given = {"centre_m": args.box_tolerance, "size_m": args.size_tolerance, "yaw_rad": args.yaw_tolerance,
+             "velocity_m_s": args.velocity_tolerance, "score": args.score_tolerance}
+    box_tolerance = BoxTolerance(**{k: getattr(box, k) if v is None else v for k, v in given.items()})
+    report = run_parity(reference, other, args.data, split, args.out, pick(args.map_max_abs, MAP_MAX_ABS, INT8_MAP_MAX_ABS),
+                        box_tolerance, pick(args.metric_points, METRIC_POINTS, INT8_METRIC_POINTS),
+                        metric_reference=metric_reference, gate_boxes=not int8, mean_abs=INT8_MEAN_ABS if int8 else None)
     print(report.table)
+    if int8:
+        print(f"INT8: boxes reported, not gated; mean abs diff bounds {INT8_MEAN_ABS}")
     for failure in report.failures:
         print(f"FAIL {failure}")
     print("parity: " + ("FAILED" if report.failures else "passed") + f" ({Path(args.out) / 'parity.json'})")
