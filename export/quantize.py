@@ -22,6 +22,10 @@ docs/deployment.md). What this module adds is what the quantiser cannot know abo
     CPU path fuses the same number of QLinearConv nodes without it;
   - Q/DQ pairs sit only around Conv, ConvTranspose and MatMul. These are the weighted layers
     TensorRT runs in INT8, and the sparse layers' GEMMs are MatMuls.
+  - Each quantised node gets its own pair (``DedicatedQDQPair``): a tensor read by two
+    convolutions is quantised twice, identically. ONNX Runtime fuses a convolution into
+    QLinearConv only when its DequantizeLinear feeds nothing else; the ONNX Runtime backend keeps
+    the pairs apart at load. TensorRT takes either form.
 * **Sensitive layers stay float** (`sensitive_nodes`), plus any the user names.
 """
 from __future__ import annotations
@@ -294,7 +298,8 @@ def quantize(model_path: str | Path, data_root: str | Path, out: str | Path | No
                 op_types_to_quantize=list(WEIGHTED_OPS), per_channel=True, activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8, nodes_to_exclude=sorted(kept),
                 calibrate_method=CalibrationMethod.Entropy if method == "entropy" else CalibrationMethod.Percentile,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                               "DedicatedQDQPair": True},
                 calibration_cache_path=str(cache))
         quantized_model = onnx.load(Path(tmp) / "int8.onnx")
 

@@ -318,3 +318,35 @@ def test_build_engine_int8_defaults_to_the_int8_graph_and_refuses_fp16_with_it(t
     assert be.parse_args(["--int8", "--onnx", "m.onnx"]).out == Path("m.engine")
     missing = be.parse_args(["--int8", "--onnx", str(tmp_path / "none.int8.onnx")])
     assert be.run(missing) == 2 and "no INT8 graph there; make one with fuller quantize" in capsys.readouterr().err
+
+
+def test_each_quantised_node_reads_its_own_pair_and_onnx_runtime_keeps_them_apart(int8, tmp_path):
+    """A tensor read by several quantised nodes gets one Q/DQ pair per node, so ONNX Runtime can
+    fuse each convolution into QLinearConv (it needs a DequantizeLinear that feeds nothing else).
+    The backend turns off the pass that would merge the pairs back; with it on, fewer fuse."""
+    import onnxruntime
+
+    from fuller.engine.backends.ort_backend import INT8_DISABLED_OPTIMIZERS
+    from fuller.export.quantize import WEIGHTED_OPS
+    from fuller.plugins import ort_session_options
+
+    report, model = int8
+    constants = _constants(model)
+    weighted_readers: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in WEIGHTED_OPS:
+            weighted_readers[node.input[0]] = weighted_readers.get(node.input[0], 0) + 1
+    activation_dqs = [n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"
+                      and n.input[0] not in constants]
+    assert activation_dqs and all(weighted_readers.get(name, 0) <= 1 for name in activation_dqs)
+
+    def fused(disabled):
+        options = ort_session_options()
+        options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+        onnxruntime.InferenceSession(str(report.out), options, providers=["CPUExecutionProvider"],
+                                     disabled_optimizers=disabled)
+        return sum(n.op_type == "QLinearConv" for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node)
+
+    with_backend_options, with_merging = fused(list(INT8_DISABLED_OPTIMIZERS)), fused([])
+    assert with_backend_options > with_merging, (with_backend_options, with_merging)
+    print(f"QLinearConv: {with_backend_options} of {report.quantized['Conv']} (merged pairs: {with_merging})")

@@ -28,6 +28,14 @@ def read_config(model: onnx.ModelProto, path: Path) -> FullerConfig:
         raise UserInputError(f"{path}: metadata {contract.META_CONFIG!r}: {' '.join(str(exc).split())}") from None
 
 
+# An INT8 graph has one Q/DQ pair per consumer (fuller quantize): ONNX Runtime fuses a quantised
+# Conv into QLinearConv only when each DequantizeLinear feeding it feeds nothing else. Its
+# common-subexpression pass would merge those identical pairs back into shared ones, so it is off
+# for INT8 graphs. On the tiny model, 37 of its 43 INT8 convolutions fuse this way, against 21 with
+# the pass on.
+INT8_DISABLED_OPTIMIZERS = ("CommonSubexpressionElimination",)
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -47,8 +55,9 @@ class OnnxRuntimeBackend:
                 source = model.SerializeToString()
             else:  # external weights: ONNX Runtime reads them next to the file itself, unrewritten
                 source, self.fused_layers = str(self.path), 0
-            self.session = onnxruntime.InferenceSession(source, ort_session_options(),
-                                                        providers=providers or ["CPUExecutionProvider"])
+            self.session = onnxruntime.InferenceSession(
+                source, ort_session_options(), providers=providers or ["CPUExecutionProvider"],
+                disabled_optimizers=list(INT8_DISABLED_OPTIMIZERS) if self.precision == "int8" else None)
         except Exception as exc:  # onnxruntime's InvalidGraph, Fail, ... (pybind11 types, no common base)
             raise UserInputError(f"{self.path}: ONNX Runtime cannot load this graph ({type(exc).__name__}: "
                                  f"{' '.join(str(exc).split())})") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import tempfile
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -129,7 +130,8 @@ def run_infer_bench(args: argparse.Namespace) -> int:
             engines["pytorch (cuda)"] = open_engine(args.checkpoint, device="cuda")
     for path in args.model:
         engine = open_engine(path)
-        engines[engine.backend.name] = engine
+        name = engine.backend.name
+        engines[name if name not in engines else f"{name} ({Path(path).name})"] = engine
     cfg = next(iter(engines.values())).config
     with bench_data(args.data, small_set(cfg)) as root:
         dataset = NuScenesDataset(cfg, root, args.split or cfg.data.val_split)

@@ -10,8 +10,8 @@ multiplies only the pairs with a neighbour, spconv's gather-GEMM-scatter. The ex
 keeps the standard ops, which TensorRT and INT8 builds read; only ONNX Runtime's CPU path takes
 the fused node. An INT8 graph (``fuller quantize``) is left as it is: its Q/DQ pairs sit between
 the Reshape and the MatMul, so the pattern does not match, and ONNX Runtime runs each layer as
-one QLinearMatMul over every row. On the tiny model that takes 23 ms per frame with its Gathers
-at 15 ms, against 65 ms for the float fused kernel (per-node profile, docs/deployment.md).
+one QLinearMatMul over every row. On the tiny model that takes 25 ms per frame with its Gathers
+at 16 ms, against 53 ms for the float fused kernel (per-node profile, docs/deployment.md).
 
 The pattern, as `fuller.export.lidar` writes it::
 
