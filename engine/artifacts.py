@@ -43,6 +43,11 @@ def read_metadata(model) -> dict[str, str]:
     return {prop.key: prop.value for prop in model.metadata_props}
 
 
+def graph_precision(metadata: dict[str, str]) -> str:
+    """``int8`` for the INT8 graph of fuller quantize (its metadata says so), else ``fp32``."""
+    return metadata.get(contract.META_PRECISION, "fp32")
+
+
 def sidecar_record(*, tensorrt_version: str, gpu_name: str, compute_capability: str, precision: str,
                    precision_flags: dict[str, bool], metadata: dict[str, str], onnx_bytes: bytes) -> dict:
     """What the sidecar JSON records about an engine build. ``precision_flags`` are the build's

@@ -36,7 +36,8 @@ META_CONFIG_HASH = "fuller.config_hash"
 META_MAX_POINTS = "fuller.max_frustum_points"  # upper bound of the "points" dimension
 META_CHECKPOINT_STEP = "fuller.checkpoint_step"
 META_SPARSE_CAPACITIES = "fuller.sparse_capacities"  # rows of each sparse layer, comma-separated
-META_PRECISION = "fuller.precision"  # "int8" on a graph with calibrated Q/DQ pairs (fuller quantize); absent: float32
+META_PRECISION = "fuller.precision"  # INT8 on a graph with calibrated Q/DQ pairs (fuller quantize); absent: float32
+INT8 = "int8"  # the META_PRECISION value of an INT8 graph
 META_INT8 = "fuller.int8"  # JSON: how the INT8 graph was calibrated, which nodes stayed float, its float source
 
 

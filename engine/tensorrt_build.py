@@ -20,8 +20,9 @@ from fuller.errors import UserInputError
 from fuller.plugins import prepare_for_tensorrt
 
 from . import contract
-from .artifacts import read_metadata, sidecar_record, write_sidecar
+from .artifacts import graph_precision, read_metadata, sidecar_record, write_sidecar
 from .nvidia import current_gpu, import_tensorrt, register_plugins
+from .tensorrt_qdq import qdq_violations
 
 
 def max_frustum_points(metadata: dict[str, str]) -> int:
@@ -126,18 +127,23 @@ def _build_serialized(trt, model, shapes: dict, flags: dict[str, bool], onnx_pat
     return bytes(memoryview(serialized))
 
 
-def check_precision(metadata: dict[str, str], onnx_path: Path, fp16: bool, int8: bool) -> None:
+def check_precision(model, onnx_path: Path, fp16: bool, int8: bool) -> None:
     """The build's precision matches the graph: ``int8`` exactly when the graph is the INT8 one of
-    fuller quantize (metadata), and not together with ``fp16``."""
+    fuller quantize (metadata), not together with ``fp16``, and then with Q/DQ pairs that keep to
+    TensorRT's rules (`tensorrt_qdq.qdq_violations`)."""
     if fp16 and int8:
         raise UserInputError("int8 and fp16 together: the INT8 graph is opset 17, whose QuantizeLinear takes float32 "
                              "only; build one or the other")
-    is_int8 = metadata.get(contract.META_PRECISION) == "int8"
+    is_int8 = graph_precision(read_metadata(model)) == contract.INT8
     if int8 and not is_int8:
         raise UserInputError(f"{onnx_path}: --int8 needs the INT8 graph; make it with fuller quantize --model "
                              f"{onnx_path} --data DIR")
     if is_int8 and not int8:
         raise UserInputError(f"{onnx_path} is an INT8 graph (Q/DQ pairs); build it with --int8")
+    problems = qdq_violations(model) if int8 else []
+    if problems:
+        raise UserInputError(f"{onnx_path}: Q/DQ pairs TensorRT cannot build: {'; '.join(problems[:5])}"
+                             + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
 
 
 def build_engine(onnx_path: str | Path, out: str | Path | None = None, *, fp16: bool = False, int8: bool = False,
@@ -158,7 +164,7 @@ def build_engine(onnx_path: str | Path, out: str | Path | None = None, *, fp16: 
     onnx_bytes = onnx_path.read_bytes()
     model = onnx.load_from_string(onnx_bytes)
     metadata = read_metadata(model)
-    check_precision(metadata, onnx_path, fp16, int8)
+    check_precision(model, onnx_path, fp16, int8)
     shapes = profile_shapes(model, metadata)
     gpu_name, capability = current_gpu()
     register_plugins()

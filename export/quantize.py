@@ -15,7 +15,7 @@ docs/deployment.md). What this module adds is what the quantiser cannot know abo
 * **Frames.** Calibration runs on real samples of a split, spread evenly over it, through the
   runtime's own preprocessing. The default split is the training split, so validation stays
   held out.
-* **TensorRT's rules** (`fuller.export.tensorrt_ops.qdq_violations` checks the result):
+* **TensorRT's rules** (`fuller.engine.tensorrt_qdq.qdq_violations` checks the result):
   - INT8 is symmetric, so every zero point is 0;
   - weights get one scale per output channel;
   - biases stay float. The quantiser's INT32 bias does not parse in TensorRT, and ONNX Runtime's
@@ -50,7 +50,6 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul")
 METHODS = ("entropy", "percentile")
 DEFAULT_FRAMES = 32
 DEFAULT_PERCENTILE = 99.999
-PRECISION = "int8"
 
 
 def int8_path(float_path: str | Path) -> Path:
@@ -135,12 +134,12 @@ def _check_model(model: onnx.ModelProto, path: Path):
     """The graph's config, after checking that it is a float graph of this project with the inputs
     its config's modalities call for."""
     from fuller.engine import contract
-    from fuller.engine.artifacts import read_metadata
+    from fuller.engine.artifacts import graph_precision, read_metadata
     from fuller.engine.backends.ort_backend import read_config
 
     cfg = read_config(model, path)
-    if read_metadata(model).get(contract.META_PRECISION) == PRECISION:
-        raise UserInputError(f"{path}: already an INT8 graph (metadata {contract.META_PRECISION!r} = {PRECISION!r}); "
+    if graph_precision(read_metadata(model)) == contract.INT8:
+        raise UserInputError(f"{path}: already an INT8 graph (metadata {contract.META_PRECISION!r} = {contract.INT8!r}); "
                              "quantise the float graph that fuller export wrote")
     initializers = {init.name for init in model.graph.initializer}
     got = [i.name for i in model.graph.input if i.name not in initializers]
@@ -260,7 +259,7 @@ def quantize(model_path: str | Path, data_root: str | Path, out: str | Path | No
     from fuller.engine.onnx_graph import declare_custom_outputs, name_nodes
     from fuller.plugins import register_onnx_schemas
 
-    from .tensorrt_ops import qdq_violations
+    from fuller.engine.tensorrt_qdq import qdq_violations
 
     model_path = Path(model_path)
     out = int8_path(model_path) if out is None else Path(out)
@@ -315,7 +314,7 @@ def quantize(model_path: str | Path, data_root: str | Path, out: str | Path | No
     if method == "percentile":
         record["percentile"] = percentile
     meta = {p.key: p.value for p in model.metadata_props}
-    meta.update({contract.META_PRECISION: PRECISION, contract.META_INT8: json.dumps(record)})
+    meta.update({contract.META_PRECISION: contract.INT8, contract.META_INT8: json.dumps(record)})
     del quantized_model.metadata_props[:]
     for key, value in meta.items():
         quantized_model.metadata_props.add(key=key, value=value)

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, get_type_hints
 
 from fuller.errors import UserInputError
-from fuller.engine.artifacts import read_metadata, sidecar_path
+from fuller.engine import contract
+from fuller.engine.artifacts import graph_precision, read_metadata, sidecar_path
 from fuller.engine.nvidia import TENSORRT_MISSING, tensorrt_available
 from fuller.engine.tensorrt_build import build_engine
 
@@ -221,9 +222,9 @@ RUNTIME_PARAMETERS: tuple[str, ...] = tuple(f.name for f in fields(NodeParams) i
 
 def model_artifact(params: NodeParams, log: Callable[[str], None] = print) -> Path:
     """The file the engine loads for ``model`` and ``build_engine``. An ``.onnx`` model with
-    ``build_engine`` and TensorRT installed becomes ``<model stem>.engine``, built with fp16 (an
-    INT8 graph of ``fuller quantize``: with its INT8) the first time (minutes) and reused while it is newer than the ONNX file and has its sidecar record;
-    without TensorRT the ONNX model runs on ONNX Runtime. Other models load as they are."""
+    ``build_engine`` and TensorRT installed becomes ``<model stem>.engine``, built the first time
+    (minutes) with fp16, or with its INT8 for a graph of ``fuller quantize``, and reused while it is
+    newer than the ONNX file and has its sidecar record; without TensorRT the ONNX model runs on ONNX Runtime. Other models load as they are."""
     model = Path(params.model)
     if model.suffix.lower() != ".onnx" or not params.build_engine:
         return model
@@ -234,21 +235,18 @@ def model_artifact(params: NodeParams, log: Callable[[str], None] = print) -> Pa
     if engine.is_file() and sidecar_path(engine).is_file() and engine.stat().st_mtime >= model.stat().st_mtime:
         log(f"build_engine: reusing {engine} (newer than {model})")
         return engine
-    int8 = graph_precision(model) == "int8"
+    int8 = _file_precision(model) == contract.INT8
     precision = "int8 (its Q/DQ pairs)" if int8 else "fp16"
     log(f"build_engine: building {engine} from {model} with {precision} (once; later runs reuse it)")
     return build_engine(model, engine, fp16=not int8, int8=int8)
 
 
-def graph_precision(model: Path) -> str:
-    """``int8`` for a graph of ``fuller quantize`` (its metadata says so), else ``fp32``. An
-    unreadable file reads as ``fp32``: the engine build then reports what is wrong with it."""
+def _file_precision(model: Path) -> str:
+    """`graph_precision` of the graph file. An unreadable file reads as ``fp32``: the engine build
+    then reports what is wrong with it."""
     import onnx
 
-    from fuller.engine import contract
-
     try:
-        metadata = read_metadata(onnx.load(str(model), load_external_data=False))
+        return graph_precision(read_metadata(onnx.load(str(model), load_external_data=False)))
     except Exception:  # protobuf's DecodeError and friends
         return "fp32"
-    return metadata.get(contract.META_PRECISION, "fp32")

@@ -179,7 +179,8 @@ def test_keep_float_adds_named_layers_and_refuses_patterns_that_match_nothing(sm
 def test_int8_graph_keeps_to_tensorrt_rules_and_its_op_list(int8):
     """Only ops TensorRT's parser imports, and Q/DQ pairs as TensorRT's explicit quantisation takes
     them; an INT32 bias (the quantiser's default) or a non-zero zero point is named."""
-    from fuller.export.tensorrt_ops import qdq_violations, tensorrt_onnx_ops
+    from fuller.engine.tensorrt_qdq import qdq_violations
+    from fuller.export.tensorrt_ops import tensorrt_onnx_ops
 
     _, model = int8
     used = {n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")}
@@ -291,21 +292,29 @@ def test_cli_quantize_then_parity_takes_metric_deltas_against_the_float_graph(sm
 
 
 def test_engine_build_checks_the_precision_against_the_graph(int8, small_onnx):
-    from fuller.engine.artifacts import read_metadata
+    """The checks `build_engine` runs before TensorRT builds (the front end runs them before
+    TensorRT is imported): the flag matches the graph, and an INT8 graph keeps to the Q/DQ rules."""
     from fuller.engine.tensorrt_build import check_precision, precision_flags
     from fuller.errors import UserInputError
     from fuller.export.build_engine import check_int8_graph
 
     report, model = int8
-    float_meta, int8_meta = read_metadata(onnx.load(str(small_onnx))), read_metadata(model)
-    check_precision(int8_meta, report.out, fp16=False, int8=True)
-    check_precision(float_meta, small_onnx, fp16=True, int8=False)
+    float_model = onnx.load(str(small_onnx))
+    check_precision(model, report.out, fp16=False, int8=True)
+    check_precision(float_model, small_onnx, fp16=True, int8=False)
     with pytest.raises(UserInputError, match="--int8 needs the INT8 graph"):
-        check_precision(float_meta, small_onnx, fp16=False, int8=True)
+        check_precision(float_model, small_onnx, fp16=False, int8=True)
     with pytest.raises(UserInputError, match="is an INT8 graph .*build it with --int8"):
-        check_precision(int8_meta, report.out, fp16=False, int8=False)
+        check_precision(model, report.out, fp16=False, int8=False)
     with pytest.raises(UserInputError, match="int8 and fp16 together"):
-        check_precision(int8_meta, report.out, fp16=True, int8=True)
+        check_precision(model, report.out, fp16=True, int8=True)
+    broken = onnx.ModelProto()
+    broken.CopyFrom(model)
+    zero = next(i for i in broken.graph.initializer if i.name == next(
+        n for n in broken.graph.node if n.op_type == "QuantizeLinear").input[2])
+    zero.CopyFrom(numpy_helper.from_array(np.ones_like(numpy_helper.to_array(zero)), zero.name))
+    with pytest.raises(UserInputError, match="Q/DQ pairs TensorRT cannot build: .*zero point must be INT8 zeros"):
+        check_precision(broken, report.out, fp16=False, int8=True)
     check_int8_graph(report.out)
     assert precision_flags(False, True) == {"strongly_typed": True, "fp16": False, "int8_qdq": True, "tf32": False}
 

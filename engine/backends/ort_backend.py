@@ -14,6 +14,7 @@ from fuller.errors import UserInputError
 from fuller.plugins import ort_session_options, prepare_for_onnxruntime
 
 from .. import contract
+from ..artifacts import graph_precision, read_metadata
 
 
 def read_config(model: onnx.ModelProto, path: Path) -> FullerConfig:
@@ -46,7 +47,7 @@ class OnnxRuntimeBackend:
         except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file, or a truncated one
             raise UserInputError(f"{self.path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
         self.config = read_config(model, self.path)
-        self.precision = {p.key: p.value for p in model.metadata_props}.get(contract.META_PRECISION, "fp32")
+        self.precision = graph_precision(read_metadata(model))
         if self.precision != "fp32":
             self.name = f"onnxruntime-{self.precision}"  # rows and folders beside the float graph's
         try:
@@ -57,7 +58,7 @@ class OnnxRuntimeBackend:
                 source, self.fused_layers = str(self.path), 0
             self.session = onnxruntime.InferenceSession(
                 source, ort_session_options(), providers=providers or ["CPUExecutionProvider"],
-                disabled_optimizers=list(INT8_DISABLED_OPTIMIZERS) if self.precision == "int8" else None)
+                disabled_optimizers=list(INT8_DISABLED_OPTIMIZERS) if self.precision == contract.INT8 else None)
         except Exception as exc:  # onnxruntime's InvalidGraph, Fail, ... (pybind11 types, no common base)
             raise UserInputError(f"{self.path}: ONNX Runtime cannot load this graph ({type(exc).__name__}: "
                                  f"{' '.join(str(exc).split())})") from None
@@ -70,5 +71,5 @@ class OnnxRuntimeBackend:
 
     def describe(self) -> str:
         fused = f", {self.fused_layers} sparse layers fused" if self.fused_layers else ""
-        precision = ", INT8 Q/DQ graph" if self.precision == "int8" else ""
+        precision = ", INT8 Q/DQ graph" if self.precision == contract.INT8 else ""
         return f"ONNX Runtime {onnxruntime.__version__} ({', '.join(self.session.get_providers())}{precision}{fused})"

@@ -77,6 +77,7 @@ def run_infer(args: argparse.Namespace) -> int:
 
 
 def run_parity_cmd(args: argparse.Namespace) -> int:
+    from fuller.engine import contract
     from fuller.engine.offline import run_parity
     from fuller.engine.parity import (INT8_BOX_TOLERANCE, INT8_MAP_MAX_ABS, INT8_MEAN_ABS, INT8_METRIC_POINTS,
                                       MAP_MAX_ABS, METRIC_POINTS, BoxTolerance)
@@ -85,7 +86,7 @@ def run_parity_cmd(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     reference, other = open_engine(args.checkpoint), open_engine(args.model)
-    int8 = getattr(other.backend, "precision", "fp32") == "int8"
+    int8 = getattr(other.backend, "precision", "fp32") == contract.INT8
     metric_reference = open_engine(float_source(args.model, args.float_model)) if int8 else None
     split = args.split or reference.config.data.val_split
     print(f"reference: {reference.describe()}\nother:     {other.describe()}")
