@@ -270,6 +270,39 @@ def test_a_study_folder_keeps_the_world_it_was_written_with(tmp_path, monkeypatc
     assert blind.lidar_ground_contrast == 0.0 and blind.kerb_height == 0.0 and blind.unmapped_yards
 
 
+def test_camera_pretraining_starts_every_run_from_its_backbone(small_cfg, synth_root, tmp_path, monkeypatch):
+    """`fuller study --pretrain-camera`: the pretraining's image backbone, as the checkpoint holds it,
+    is what a run with `model.backbone_weights` starts from; it is reused without training, a
+    pretraining of another length is refused, and a run started from other weights is not reused."""
+    from fuller.config import updated_config
+    from fuller.train import study
+    from fuller.train.checkpoint import load_checkpoint
+    from fuller.train.trainer import Trainer
+
+    out = tmp_path / "pretrain"
+    weights = study.pretrain_camera_backbone(small_cfg, synth_root, out, 2, progress=False)
+    run_cfg, payload = load_checkpoint(out / "checkpoint.pt")
+    assert (run_cfg.model.modalities, run_cfg.model.tasks, run_cfg.data.train_split) == (["camera"], ["map"], "all")
+    trained = {k.removeprefix("camera.backbone."): v for k, v in payload["model"].items()
+               if k.startswith("camera.backbone.")}
+    fresh = Trainer.create(small_cfg, torch.device("cpu")).model.camera.backbone.state_dict()
+    assert not all(trained[k].equal(fresh[k]) for k in fresh)  # it trained
+    started = updated_config(small_cfg, {"model.backbone_weights": str(weights)})
+    backbone = Trainer.create(started, torch.device("cpu")).model.camera.backbone.state_dict()
+    assert backbone.keys() == trained.keys() and all(backbone[k].equal(trained[k]) for k in trained)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished pretraining was trained again")
+
+    monkeypatch.setattr(study, "train", refuse)
+    assert study.pretrain_camera_backbone(small_cfg, synth_root, out, 2, progress=False) == weights
+    with pytest.raises(UserInputError, match="2 steps"):
+        study.pretrain_camera_backbone(small_cfg, synth_root, out, 3, progress=False)
+    naive = ablation.VARIANTS[2]
+    have, want = (ablation.variant_config(cfg, naive, steps=2) for cfg in (small_cfg, started))
+    with pytest.raises(UserInputError, match="model.backbone_weights"):
+        ablation.check_run(out, have, want, naive)
+
 def test_diagnostics_table_reads_each_runs_last_steps(tmp_path):
     """Per run the median over the last `window` steps (earlier steps and missing values ignored), per
     variant the mean over seeds; a reading no run logs is "-", a variant without runs has no row."""

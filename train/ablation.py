@@ -59,6 +59,7 @@ VARIANTS = (
     Variant("fuller", "FULLER (inter + intra)", {"model.tasks": BOTH, "train.inter": "imtl", "train.intra": True}),
 )
 BASELINE = "naive"  # what the deltas are taken against
+PAIRED = ("train.seed", "model.backbone_weights")  # what every variant of a seed shares: a reused run must too
 
 # Modality ablation: result key, the modality zeroed at the fuser input, the table's column name.
 MODALITY_ABLATIONS = (("lidar_only", "camera", "LiDAR only"), ("camera_only", "lidar", "camera only"))
@@ -211,11 +212,11 @@ def _flat(data: dict, prefix: str = "") -> dict[str, object]:
 
 
 def check_run(run: Path, run_cfg: FullerConfig, wanted: FullerConfig, variant: Variant) -> None:
-    """A reused or resumed run must have been trained as the variant and seed say; other config
+    """A reused or resumed run must have been trained as the variant, seed and initial weights say; other config
     differences (logging, workers) are reported, not refused."""
     have, want = _flat(config_to_dict(run_cfg)), _flat(config_to_dict(wanted))
     differ = sorted(k for k in want if k != "train.steps" and have.get(k) != want[k])
-    essential = [k for k in differ if k in variant.overrides or k == "train.seed"]
+    essential = [k for k in differ if k in variant.overrides or k in PAIRED]
     if essential:
         raise UserInputError(
             f"{run}: holds a run trained with {', '.join(f'{k}={have.get(k)!r}' for k in essential)}, but variant "

@@ -23,6 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the study world with the LiDAR blind to the map: no paint contrast, walkways flush with "
                         "the road, parked-car rows on unmapped yards too (make-data --study-world "
                         "--lidar-ground-contrast 0 --kerb-height 0 --unmapped-yards)")
+    p.add_argument("--pretrain-camera", type=int, default=0, metavar="STEPS",
+                   help="first train a camera-only map model for STEPS on towns of a third seed and start every "
+                        "run's image backbone from it, as camera BEV models start from a pretrained backbone "
+                        "(default 0: from scratch)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (all runs)")
     p.set_defaults(func=run)
 
@@ -33,8 +37,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seeds < 1 or args.steps < 1:
         raise UserInputError(f"--seeds and --steps: expected integers >= 1, got {args.seeds} and {args.steps}")
+    if args.pretrain_camera < 0:
+        raise UserInputError(f"--pretrain-camera: expected a number of steps >= 0, got {args.pretrain_camera}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for path in run_study(args.out, args.seeds, args.steps, args.controls, args.set,
-                          lidar_blind_map=args.lidar_blind_map, sensors_only=args.sensors_only):
+                          lidar_blind_map=args.lidar_blind_map, sensors_only=args.sensors_only,
+                          pretrain_camera=args.pretrain_camera):
         print(path.read_text())
     return 0
