@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fuller.engine.parity import (BOX_ATTRIBUTES, FP16_BOX_TOLERANCE, FP16_MAP_MAX_ABS, FP16_SCORE_TIE, BoxTolerance,
-                                  Comparison, format_parity)
+from fuller.engine.parity import (BOX_ATTRIBUTES, FP16_BOX_TOLERANCE, FP16_MAP_MAX_ABS, FP16_SCORE_TIE, INT8_BOX_TOLERANCE,
+                                  BoxTolerance, Comparison, format_parity)
 
 K, CLASSES, MAP_SHAPE = 40, 10, (1, 6, 20, 20)
 
@@ -197,3 +197,20 @@ def test_int8_thresholds_bound_mean_errors_and_report_boxes_without_failing_on_t
     shifted = {**other, "map_probs": ref["map_probs"] + np.float32(0.03)}
     assert [f.split(":")[0] for f in compare(ref, shifted).failures(**int8)] == ["map_probs"]
     assert "mean abs diff 0.03 > 0.02" in compare(ref, shifted).failures(**int8)[0]
+
+
+def test_box_tolerance_flags_set_their_fields():
+    """Each `fuller parity` box flag sets the field it names; an absent one keeps the float or INT8 default."""
+    from dataclasses import replace
+
+    from fuller.cli import build_parser
+    from fuller.commands.infer_cmd import box_tolerance_of
+
+    base = ["parity", "--checkpoint", "c.pt", "--model", "m.onnx", "--data", "d"]
+    args = build_parser().parse_args([*base, "--box-tolerance", "1.5", "--size-tolerance", "2.5", "--yaw-tolerance",
+                                      "3.5", "--velocity-tolerance", "4.5", "--score-tolerance", "5.5"])
+    expected = BoxTolerance(centre_m=1.5, size_m=2.5, yaw_rad=3.5, velocity_m_s=4.5, score=5.5)
+    assert box_tolerance_of(args, int8=False) == expected == box_tolerance_of(args, int8=True)
+    only_yaw = build_parser().parse_args([*base, "--yaw-tolerance", "0.7"])
+    assert box_tolerance_of(only_yaw, int8=False) == replace(BoxTolerance(), yaw_rad=0.7)
+    assert box_tolerance_of(only_yaw, int8=True) == replace(INT8_BOX_TOLERANCE, yaw_rad=0.7)

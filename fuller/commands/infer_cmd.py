@@ -6,6 +6,15 @@ import argparse
 import logging
 from pathlib import Path
 
+# `fuller parity`'s per-attribute box thresholds: flag, `BoxTolerance` field, what it bounds.
+BOX_TOLERANCE_FLAGS = (
+    ("box-tolerance", "centre_m", "largest centre distance of a box to its match, in m"),
+    ("size-tolerance", "size_m", "largest width, length or height difference of matched boxes, in m"),
+    ("yaw-tolerance", "yaw_rad", "largest yaw difference of matched boxes modulo 2 pi, in rad"),
+    ("velocity-tolerance", "velocity_m_s", "largest vx or vy difference of matched boxes, in m/s"),
+    ("score-tolerance", "score", "largest score difference of matched boxes"),
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from fuller.engine.parity import (INT8_BOX_TOLERANCE, INT8_MAP_MAX_ABS, INT8_METRIC_POINTS, MAP_MAX_ABS, METRIC_POINTS,
@@ -42,24 +51,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     box, int8 = BoxTolerance(), INT8_BOX_TOLERANCE
     q.add_argument("--map-max-abs", type=float, default=None,
                    help=f"largest allowed map probability difference (default {MAP_MAX_ABS:g}; INT8 {INT8_MAP_MAX_ABS:g})")
-    q.add_argument("--box-tolerance", type=float, default=None,
-                   help=f"largest centre distance of a box to its match, in m (default {box.centre_m:g}; "
-                        f"INT8 {int8.centre_m:g})")
-    q.add_argument("--size-tolerance", type=float, default=None,
-                   help=f"largest width, length or height difference of matched boxes, in m (default {box.size_m:g}; "
-                        f"INT8 {int8.size_m:g})")
-    q.add_argument("--yaw-tolerance", type=float, default=None,
-                   help=f"largest yaw difference of matched boxes modulo 2 pi, in rad (default {box.yaw_rad:g}; "
-                        f"INT8 {int8.yaw_rad:g})")
-    q.add_argument("--velocity-tolerance", type=float, default=None,
-                   help=f"largest vx or vy difference of matched boxes, in m/s (default {box.velocity_m_s:g}; "
-                        f"INT8 {int8.velocity_m_s:g})")
-    q.add_argument("--score-tolerance", type=float, default=None,
-                   help=f"largest score difference of matched boxes (default {box.score:g}; INT8 {int8.score:g})")
+    for flag, field, what in BOX_TOLERANCE_FLAGS:
+        q.add_argument(f"--{flag}", type=float, default=None,
+                       help=f"{what} (default {getattr(box, field):g}; INT8 {getattr(int8, field):g})")
     q.add_argument("--metric-points", type=float, default=None,
                    help=f"largest allowed |delta| of mAP, NDS, mIoU in points (default {METRIC_POINTS:g}; "
                         f"INT8 {INT8_METRIC_POINTS:g})")
     q.set_defaults(func=run_parity_cmd)
+
+
+def box_tolerance_of(args: argparse.Namespace, int8: bool):
+    """The box thresholds `fuller parity` gates on: each flag given, else its float or INT8 default."""
+    from fuller.engine.parity import INT8_BOX_TOLERANCE, BoxTolerance
+
+    default = INT8_BOX_TOLERANCE if int8 else BoxTolerance()
+    given = {field: getattr(args, flag.replace("-", "_")) for flag, field, _ in BOX_TOLERANCE_FLAGS}
+    return BoxTolerance(**{k: getattr(default, k) if v is None else v for k, v in given.items()})
 
 
 def run_infer(args: argparse.Namespace) -> int:
@@ -79,8 +86,7 @@ def run_infer(args: argparse.Namespace) -> int:
 def run_parity_cmd(args: argparse.Namespace) -> int:
     from fuller.engine import contract
     from fuller.engine.offline import run_parity
-    from fuller.engine.parity import (INT8_BOX_TOLERANCE, INT8_MAP_MAX_ABS, INT8_MEAN_ABS, INT8_METRIC_POINTS,
-                                      MAP_MAX_ABS, METRIC_POINTS, BoxTolerance)
+    from fuller.engine.parity import INT8_MAP_MAX_ABS, INT8_MEAN_ABS, INT8_METRIC_POINTS, MAP_MAX_ABS, METRIC_POINTS
     from fuller.export.models import open_engine
     from fuller.export.quantize import float_source
 
@@ -96,10 +102,7 @@ def run_parity_cmd(args: argparse.Namespace) -> int:
     def pick(given, default, int8_default):
         return given if given is not None else int8_default if int8 else default
 
-    box = INT8_BOX_TOLERANCE if int8 else BoxTolerance()
-    given = {"centre_m": args.box_tolerance, "size_m": args.size_tolerance, "yaw_rad": args.yaw_tolerance,
-             "velocity_m_s": args.velocity_tolerance, "score": args.score_tolerance}
-    box_tolerance = BoxTolerance(**{k: getattr(box, k) if v is None else v for k, v in given.items()})
+    box_tolerance = box_tolerance_of(args, int8)
     report = run_parity(reference, other, args.data, split, args.out, pick(args.map_max_abs, MAP_MAX_ABS, INT8_MAP_MAX_ABS),
                         box_tolerance, pick(args.metric_points, METRIC_POINTS, INT8_METRIC_POINTS),
                         metric_reference=metric_reference, gate_boxes=not int8, mean_abs=INT8_MEAN_ABS if int8 else None)
