@@ -369,6 +369,9 @@ class TrainConfig:
     intra_mode: str = "norm"
     inter_epsilon: float = 0.1  # for inter=bounded: the fraction of detection's rate it may give up
     task_diagnostics: bool = False  # per-task gradients at the fuser input and the last shared layer
+    # one pair of AdamW moments per task for every shared parameter: each task's update normalised
+    # by its own gradient statistics, then summed (docs/training.md)
+    per_task_adam: bool = False
     val_every: int = 0  # steps between held-out losses on val_samples of the val split (0: off)
     val_samples: int = 8
 

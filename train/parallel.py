@@ -80,9 +80,15 @@ def average_gradients(parameters: list[nn.Parameter]) -> None:
     for p in parameters:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in parameters]
-    flat = _flatten_dense_tensors(grads)
+    average_tensors([p.grad for p in parameters])
+
+
+def average_tensors(tensors: list[torch.Tensor]) -> None:
+    """Replace each tensor by its mean over ranks in place, with one flattened all-reduce."""
+    if not is_distributed() or not tensors:
+        return
+    flat = _flatten_dense_tensors(tensors)
     all_reduce_sum(flat)
     flat /= world_size()
-    for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
-        g.copy_(synced)
+    for t, synced in zip(tensors, _unflatten_dense_tensors(flat, tensors)):
+        t.copy_(synced)

@@ -27,7 +27,7 @@ from fuller.config import FullerConfig, updated_config
 from fuller.errors import UserInputError
 
 from .batching import Batch, Collator
-from .calibration import GradientCalibrator, parameter_pcgrad_backward
+from .calibration import GradientCalibrator, TaskAdamW, TaskGradients, parameter_pcgrad_backward
 from .checkpoint import load_checkpoint, restore_rng_states, save_checkpoint
 from .dataset import TrainingSet
 from .model import FullerModel, build_model
@@ -71,6 +71,7 @@ class Trainer:
     skipped_steps: int = 0
     dropped_voxels: int = 0
     parameter_pcgrad: bool = False  # the expensive reference (training-cost benchmark only)
+    task_grads: TaskGradients | None = None  # this step's per-task gradients (train.per_task_adam)
 
     @classmethod
     def create(cls, cfg: FullerConfig, device: torch.device, parameter_pcgrad: bool = False) -> "Trainer":
@@ -78,8 +79,15 @@ class Trainer:
         model = build_model(cfg).to(device)
         calibrator = GradientCalibrator.from_config(cfg).to(device)
         params = [*model.parameters(), *calibrator.parameters()]
-        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         t = cfg.train
+        if t.per_task_adam:
+            if parameter_pcgrad:
+                raise ValueError("parameter_pcgrad: the parameter-level reference has no per-task moments; "
+                                 "got train.per_task_adam=true")
+            optimizer = TaskAdamW(params, model.shared_parameters(), len(cfg.model.tasks), lr=t.lr,
+                                  weight_decay=t.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.steps, t.min_lr_ratio))
         return cls(cfg, model, calibrator, optimizer, scheduler, device, parameter_pcgrad=parameter_pcgrad)
 
@@ -111,6 +119,8 @@ class Trainer:
             return losses
 
         amp = self.cfg.train.amp and self.device.type == "cuda"
+        record = (TaskGradients(len(self.cfg.model.tasks), self.model.shared_parameters())
+                  if self.cfg.train.per_task_adam else None)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
             if self.parameter_pcgrad:
                 losses = losses_fn(self.model.trunk(inputs))
@@ -122,12 +132,16 @@ class Trainer:
                 t = self.cfg.train
                 diagnostics = self.calibrator.backward(z, losses_fn, self.model.head_parameters(), self.step,
                                                        split=split, equalise=t.intra and t.intra_mode == "per_task",
-                                                       intra_target=t.intra_target)
+                                                       intra_target=t.intra_target, record=record)
             else:
                 z = self.model.trunk(inputs)
-                diagnostics = self.calibrator.backward(z, losses_fn, self.model.head_parameters(), self.step)
+                diagnostics = self.calibrator.backward(z, losses_fn, self.model.head_parameters(), self.step,
+                                                       record=record)
         diagnostics.update(self.model.balance.diagnostics())
         average_gradients(self.parameters())
+        if record is not None:
+            record.average()
+        self.task_grads = record
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
         return {"step": self.step, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
@@ -154,12 +168,13 @@ class Trainer:
             rms = []
             for p in module.parameters():
                 state = self.optimizer.state.get(p, {})
-                if "exp_avg_sq" in state:
-                    correction = 1.0 - beta2 ** float(state["step"])
-                    rms.append((state["exp_avg_sq"] / correction).sqrt().reshape(-1).float().cpu())
+                if "exp_avg_sq" in state:  # per-task moments (TaskAdamW) carry a leading task axis
+                    steps = state["step"].reshape(state["step"].shape + (1,) * p.dim()).to(state["exp_avg_sq"])
+                    v_hat = state["exp_avg_sq"] / (1.0 - beta2 ** steps)
+                    rms.append(v_hat.sqrt().reshape(-1).float().cpu())
             if rms:
                 values = torch.cat(rms)
-                values = values[values > 0]
+                values = values[torch.isfinite(values) & (values > 0)]
                 if len(values):
                     out.update({f"adam_rms/{name}/min": float(values.min()),
                                 f"adam_rms/{name}/median": float(values.median()),
@@ -191,10 +206,16 @@ class Trainer:
             log.warning("step %d: non-finite loss or gradient (loss %s, grad norm %s); step skipped "
                         "(%d so far)", self.step, total_loss, record["grad_norm"], self.skipped_steps)
         else:
-            if self.cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.parameters(), self.cfg.train.grad_clip)
+            clip = self.cfg.train.grad_clip
+            if clip > 0:
+                total = float(torch.nn.utils.clip_grad_norm_(self.parameters(), clip))
+                if self.task_grads is not None:  # the factor clip_grad_norm_ applied, to the tasks' parts too
+                    self.task_grads.scale_(min(1.0, clip / (total + 1e-6)))
+            if self.task_grads is not None:
+                self.optimizer.set_task_gradients(self.task_grads)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.task_grads = None
         with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
             warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
             self.scheduler.step()

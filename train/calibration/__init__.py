@@ -6,6 +6,8 @@
   ``train.intra_target``, ``train.intra_mode=norm``), or task by task on the trunk cut at the
   fuser input, :func:`per_task_backward` (``train.intra_mode=per_task``; also the per-task
   diagnostics, ``train.task_diagnostics``);
+* either level in AdamW's geometry: :class:`TaskAdamW`, one pair of moments per task for the shared
+  parameters, fed the :class:`TaskGradients` the calibrator records (``train.per_task_adam``);
 * the expensive comparison, parameter-level PCGrad: :func:`parameter_pcgrad_backward`;
 * the collectives both need under data-parallel training live in :mod:`fuller.train.parallel`.
 """
@@ -36,10 +38,12 @@ from .inter import (
 )
 from .intra import ModalityGradientBalance
 from .param_pcgrad import parameter_pcgrad_backward
+from .task_moments import TaskAdamW, TaskGradients
 
 __all__ = [
     "IMTL", "MGDA", "AlignedMTL", "Bounded", "CAGrad", "FuserSplit", "GradientCalibrator", "IMTLRescaled",
-    "InterMethod", "ModalityGradientBalance", "PCGrad", "Static", "Sum", "Uncertainty", "aligned_coefficients",
+    "InterMethod", "ModalityGradientBalance", "PCGrad", "Static", "Sum", "TaskAdamW", "TaskGradients",
+    "Uncertainty", "aligned_coefficients",
     "all_reduce_sum", "bounded_coefficients", "build_inter", "cagrad_coefficients", "combine",
     "gram_diagnostics", "gram_of", "imtl_coefficients", "imtl_rescaled_coefficients", "is_distributed",
     "per_task_backward", "rms_scales",

@@ -22,6 +22,7 @@ from ..parallel import all_reduce_sum, world_size
 from .fuser_split import FuserSplit, accumulate_grad, per_task_backward
 from .inter import Uncertainty, build_inter
 from .intra import ModalityGradientBalance
+from .task_moments import TaskGradients
 
 if TYPE_CHECKING:
     from fuller.config import FullerConfig
@@ -111,7 +112,8 @@ class GradientCalibrator(nn.Module):
     def backward(self, z: Tensor, losses_fn: Callable[[Tensor], Mapping[str, Tensor]],
                  head_params: Mapping[str, Sequence[nn.Parameter]], step: int,
                  balance: ModalityGradientBalance | None = None, split: FuserSplit | None = None,
-                 equalise: bool = False, intra_target: str = "mean") -> dict[str, float]:
+                 equalise: bool = False, intra_target: str = "mean",
+                 record: TaskGradients | None = None) -> dict[str, float]:
         """Calibrated backward of all task losses; gradients accumulate into ``.grad`` like ``backward``.
 
         ``z``: the trunk output (requires grad). ``losses_fn(zd)`` runs the heads on ``zd`` (a
@@ -123,6 +125,9 @@ class GradientCalibrator(nn.Module):
         input (z computed from ``split.leaves``); the calibrated gradient then goes back task by
         task (:func:`.fuser_split.per_task_backward`, equalising each task's per-element RMS over
         the modalities with ``intra_target`` when ``equalise``) and its diagnostics are merged in.
+        ``record``: when given, each task's calibrated gradient goes through the trunk on its own and
+        its gradients of the shared parameters are kept apart there as well (for
+        :class:`~.task_moments.TaskAdamW`): one trunk backward per task instead of one.
 
         A non-finite Gram (a loss or gradient overflowed) is not calibrated: the coefficients are
         1, so the non-finite values reach ``.grad`` and the trainer's guard can skip the step
@@ -179,11 +184,20 @@ class GradientCalibrator(nn.Module):
                 accumulate_grad(p, g if scale == 1.0 else g * scale)
 
         out = gram_diagnostics(self.tasks, gram, coef, whole_losses)
-        if split is None:
-            z.backward(combine(coef, stacked).to(z.dtype).view_as(z))
+        if split is not None:
+            per_task = [combine(coef[i:i + 1], stacked[i:i + 1]).view_as(z) for i in range(t_count)]
+            out.update(per_task_backward(z, per_task, self.tasks, split, equalise, intra_target, record))
+        elif record is not None:
+            params = record.params
+            for i in range(t_count):
+                grad_z = combine(coef[i:i + 1], stacked[i:i + 1]).to(z.dtype).view_as(z)
+                grads = torch.autograd.grad(z, params, grad_outputs=grad_z, retain_graph=i < t_count - 1,
+                                            allow_unused=True)
+                for p, g in zip(params, grads):
+                    if g is not None:
+                        record.add(i, p, g)
         else:
-            task_grads = [combine(coef[i:i + 1], stacked[i:i + 1]).view_as(z) for i in range(t_count)]
-            out.update(per_task_backward(z, task_grads, self.tasks, split, equalise, intra_target))
+            z.backward(combine(coef, stacked).to(z.dtype).view_as(z))
 
         if self.log_vars is not None:
             out.update({f"log_var/{t}": float(v) for t, v in zip(self.tasks, self.log_vars.detach().cpu())})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,9 @@ from fuller.config import INTRA_TARGETS
 
 from ..parallel import all_reduce_sum, world_size
 from .intra import sq_norm
+
+if TYPE_CHECKING:
+    from .task_moments import TaskGradients
 
 
 def accumulate_grad(p: nn.Parameter, g: Tensor) -> None:
@@ -68,12 +72,14 @@ def rms_scales(rms: Tensor, target: str, modalities: Sequence[str]) -> Tensor:
 
 
 def per_task_backward(z: Tensor, task_grads: Sequence[Tensor], tasks: Sequence[str], split: FuserSplit,
-                      equalise: bool, target: str = "mean") -> dict[str, float]:
+                      equalise: bool, target: str = "mean",
+                      record: "TaskGradients | None" = None) -> dict[str, float]:
     """Backward of ``sum_t task_grads[t]`` (each shaped like z) through fuser, decoder and branches,
     equalising each task's per-element RMS across modalities at the fuser input when ``equalise``.
 
-    Gradients accumulate into ``.grad``. Under data-parallel training the squared norms are summed
-    over ranks first, so every rank applies the same scales (those of the whole batch). Returns
+    Gradients accumulate into ``.grad``; with ``record``, each task's also goes through the branches on
+    its own and its parameter gradients are kept apart there (one branch backward per task instead of
+    one). Under data-parallel training the squared norms are summed over ranks first, so every rank applies the same scales (those of the whole batch). Returns
     ``grad_rms/<task>/<modality>`` (before scaling), ``intra_scale/<task>/<modality>`` and
     ``cos_last/<a>-<b>`` (cosine of the tasks' last-layer parameter gradients, whole batch).
     """
@@ -90,7 +96,10 @@ def per_task_backward(z: Tensor, task_grads: Sequence[Tensor], tasks: Sequence[s
         for p, d in zip(params, grads[n_leaves:]):
             if d is None:
                 continue
-            accumulate_grad(p, d)
+            if record is None:
+                accumulate_grad(p, d)
+            else:
+                record.add(i, p, d)
             if id(p) in last_ids:
                 vec.append(d.reshape(-1).to(torch.float64 if d.dtype == torch.float64 else torch.float32))
         last_vecs.append(torch.cat(vec) if vec else torch.zeros(1, device=z.device, dtype=torch.float64))
@@ -103,10 +112,22 @@ def per_task_backward(z: Tensor, task_grads: Sequence[Tensor], tasks: Sequence[s
     numel = torch.tensor([float(x.numel() * n) for x in leaves], dtype=torch.float64, device=stats.device)
     rms = (stats[: t * m].view(t, m).clamp_min(0.0).sqrt() / n) / numel.sqrt()
     scales = rms_scales(rms, target, split.modalities) if equalise else torch.ones_like(rms)
-    combined = [sum(float(scales[i, k]) * parts[i][k] for i in range(t)) for k in range(m)]
-    outs = [(b, c) for b, c in zip(split.bevs, combined) if b.requires_grad]
-    if outs:
-        torch.autograd.backward([b for b, _ in outs], [c.to(b.dtype) for b, c in outs])
+    live = [k for k, b in enumerate(split.bevs) if b.requires_grad]
+    if record is None:
+        combined = [sum(float(scales[i, k]) * parts[i][k] for i in range(t)) for k in live]
+        if live:
+            torch.autograd.backward([split.bevs[k] for k in live],
+                                    [c.to(split.bevs[k].dtype) for k, c in zip(live, combined)])
+    elif live:
+        inside = {id(p) for p in params}
+        branch = [p for p in record.params if id(p) not in inside]
+        for i in range(t):
+            grads = torch.autograd.grad([split.bevs[k] for k in live], branch,
+                                        grad_outputs=[(float(scales[i, k]) * parts[i][k]).to(split.bevs[k].dtype)
+                                                      for k in live], retain_graph=i < last, allow_unused=True)
+            for p, d in zip(branch, grads):
+                if d is not None:
+                    record.add(i, p, d)
 
     out: dict[str, float] = {}
     host_rms, host_scales = rms.cpu(), scales.cpu()
