@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 
 from ..parallel import all_reduce_sum, world_size
-from .fuser_split import FuserSplit, accumulate_grad, per_task_backward
+from .fuser_split import FuserSplit, per_task_backward
 from .inter import Uncertainty, build_inter
-from .intra import ModalityGradientBalance
+from .intra import ModalityGradientBalance, accumulate_grad
 from .task_moments import TaskGradients
 
 if TYPE_CHECKING:

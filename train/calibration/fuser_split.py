@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -24,18 +23,8 @@ from torch import Tensor, nn
 from fuller.config import INTRA_TARGETS
 
 from ..parallel import all_reduce_sum, world_size
-from .intra import sq_norm
-
-if TYPE_CHECKING:
-    from .task_moments import TaskGradients
-
-
-def accumulate_grad(p: nn.Parameter, g: Tensor) -> None:
-    """Add ``g`` to ``p.grad`` as backward would (taking ``g`` as the gradient when there is none)."""
-    if p.grad is None:
-        p.grad = g.to(p.dtype)
-    else:
-        p.grad.add_(g)
+from .intra import accumulate_grad, sq_norm
+from .task_moments import TaskGradients
 
 
 @dataclass
@@ -73,7 +62,7 @@ def rms_scales(rms: Tensor, target: str, modalities: Sequence[str]) -> Tensor:
 
 def per_task_backward(z: Tensor, task_grads: Sequence[Tensor], tasks: Sequence[str], split: FuserSplit,
                       equalise: bool, target: str = "mean",
-                      record: "TaskGradients | None" = None) -> dict[str, float]:
+                      record: TaskGradients | None = None) -> dict[str, float]:
     """Backward of ``sum_t task_grads[t]`` (each shaped like z) through fuser, decoder and branches,
     equalising each task's per-element RMS across modalities at the fuser input when ``equalise``.
 

@@ -120,3 +120,11 @@ class ModalityGradientBalance(nn.Module):
             "modality/lidar_scale": lid_scale,
             "modality/target": target,
         }
+
+
+def accumulate_grad(p: nn.Parameter, g: Tensor) -> None:
+    """Add ``g`` to ``p.grad`` as backward would (taking ``g`` as the gradient when there is none)."""
+    if p.grad is None:
+        p.grad = g.to(p.dtype)
+    else:
+        p.grad.add_(g)

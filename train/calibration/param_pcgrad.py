@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 
 from .calibrator import gram_diagnostics, gram_of
-from .fuser_split import accumulate_grad
+from .intra import accumulate_grad
 from ..parallel import all_reduce_sum, world_size
 from .inter import pcgrad_coefficients, pcgrad_orders
 

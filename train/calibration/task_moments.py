@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.optim.adam import adam
 
 from ..parallel import average_tensors
-from .fuser_split import accumulate_grad
+from .intra import accumulate_grad
 
 
 class TaskGradients:
