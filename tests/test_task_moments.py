@@ -70,13 +70,15 @@ def test_trainer_records_each_tasks_part_of_the_calibrated_gradient(small_cfg, s
     record = split.task_grads
     shared = split.model.shared_parameters()
     assert set(record.grads) == {p for p in shared if p.grad is not None}
+    def close(a, b):  # per tensor, to 5e-3 of its norm: float32 sums in another order (a missing part is far off)
+        return float(torch.linalg.vector_norm(a - b)) <= 5e-3 * float(torch.linalg.vector_norm(b)) + 1e-12
+
     for (name, p), q in zip(split.model.named_parameters(), joint.model.parameters()):
         if q.grad is None:
             continue
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-7 + 1e-4 * float(q.grad.abs().max()))
+        assert close(p.grad, q.grad), name
         if p in record.grads:
-            total = sum(g for g in record.grads[p] if g is not None)
-            torch.testing.assert_close(total, q.grad, rtol=1e-4, atol=1e-7 + 1e-4 * float(q.grad.abs().max()))
+            assert close(sum(g for g in record.grads[p] if g is not None), q.grad), name
     split.update({"grad_norm": 1.0, "loss/det": 1.0})
     state = split.optimizer.state[shared[0]]
     assert state["exp_avg"].shape == (2, *shared[0].shape) and state["step"].tolist() == [1.0, 1.0]
