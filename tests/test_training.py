@@ -26,12 +26,14 @@ def params_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("inter", INTER_METHODS)
-def test_resume_is_bit_exact(small_cfg, small_samples, tmp_path, inter):
+@pytest.mark.parametrize("inter, per_task_adam", [*((m, False) for m in INTER_METHODS), ("bounded", True)])
+def test_resume_is_bit_exact(small_cfg, small_samples, tmp_path, inter, per_task_adam):
     """For every inter method: the calibrators that keep state (uncertainty's log variances, PCGrad's
-    seeded orders) must resume it as exactly as the model and the optimiser."""
+    seeded orders) must resume it as exactly as the model and the optimiser; so must the per-task
+    moments of train.per_task_adam."""
     cfg = updated_config(small_cfg, {"train.steps": 2, "train.checkpoint_every": 100, "train.inter": inter,
-                                     "train.inter_weights": [1.0, 0.5] if inter == "static" else []})
+                                     "train.inter_weights": [1.0, 0.5] if inter == "static" else [],
+                                     "train.per_task_adam": per_task_adam})
     straight = train(cfg, None, tmp_path / "straight", dataset=small_samples, progress=False)
     train(cfg, None, tmp_path / "split", dataset=small_samples, progress=False, stop_at=1)
     assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")[1]["step"] == 1

@@ -68,7 +68,8 @@ def per_task_backward(z: Tensor, task_grads: Sequence[Tensor], tasks: Sequence[s
 
     Gradients accumulate into ``.grad``; with ``record``, each task's also goes through the branches on
     its own and its parameter gradients are kept apart there (one branch backward per task instead of
-    one). Under data-parallel training the squared norms are summed over ranks first, so every rank applies the same scales (those of the whole batch). Returns
+    one). Under data-parallel training the squared norms are summed over ranks first, so every rank
+    applies the same scales (those of the whole batch). Returns
     ``grad_rms/<task>/<modality>`` (before scaling), ``intra_scale/<task>/<modality>`` and
     ``cos_last/<a>-<b>`` (cosine of the tasks' last-layer parameter gradients, whole batch).
     """

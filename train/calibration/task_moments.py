@@ -41,9 +41,9 @@ class TaskGradients:
 
     def add(self, task: int, p: nn.Parameter, g: Tensor) -> None:
         """Record task ``task``'s gradient ``g`` of ``p`` and add it to ``p.grad``."""
-        accumulate_grad(p, g.clone())
+        accumulate_grad(p, g.clone())  # .grad may alias what it is given; the record keeps g itself
         row = self.grads.setdefault(p, [None] * self.num_tasks)
-        row[task] = g.detach().clone() if row[task] is None else row[task] + g
+        row[task] = g.detach() if row[task] is None else row[task] + g
 
     def average(self) -> None:
         """Mean over data-parallel ranks (absent gradients count as zeros; a no-op in one process)."""
@@ -130,8 +130,7 @@ class TaskAdamW(torch.optim.Optimizer):
                         target.append(value)
             for t, (ps, gs, ms, vs, steps) in enumerate(lists):
                 if ps:
-                    adam(ps, gs, ms, vs, [], steps, foreach=False, decoupled_weight_decay=True,
-                                          amsgrad=False, beta1=beta1, beta2=beta2, lr=lr,
-                                          weight_decay=wd if t == self.num_tasks else 0.0, eps=eps,
-                                          maximize=False)
+                    adam(ps, gs, ms, vs, [], steps, foreach=False, decoupled_weight_decay=True, amsgrad=False,
+                         beta1=beta1, beta2=beta2, lr=lr, weight_decay=wd if t == self.num_tasks else 0.0,
+                         eps=eps, maximize=False)
         return None
