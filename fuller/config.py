@@ -276,6 +276,7 @@ INTER_METHODS = ("imtl", "sum", "static", "pcgrad", "mgda", "cagrad", "aligned",
                  "imtl_rescaled")
 INTRA_TARGETS = ("mean", "max", "min", "camera", "lidar")
 INTRA_MODES = ("norm", "per_task")
+SHARED_PARTS = ("camera", "lidar", "fusion")  # the trunk's parts: the two branches, fuser + decoder
 MAP_LOSSES = ("focal", "focal_mean", "bce")
 
 
@@ -372,6 +373,8 @@ class TrainConfig:
     # one pair of AdamW moments per task for every shared parameter: each task's update normalised
     # by its own gradient statistics, then summed (docs/training.md)
     per_task_adam: bool = False
+    # the trunk parts that keep per-task moments (with per_task_adam); the others keep one pair
+    per_task_adam_parts: list[str] = field(default_factory=lambda: list(SHARED_PARTS))
     val_every: int = 0  # steps between held-out losses on val_samples of the val split (0: off)
     val_samples: int = 8
 
@@ -391,6 +394,9 @@ class TrainConfig:
                list(self.inter_weights))
         _check(self.intra_mode in INTRA_MODES, f"{path}.intra_mode", f"one of {list(INTRA_MODES)}",
                repr(self.intra_mode))
+        _check(bool(self.per_task_adam_parts) and set(self.per_task_adam_parts) <= set(SHARED_PARTS),
+               f"{path}.per_task_adam_parts", f"a non-empty list of {list(SHARED_PARTS)}",
+               list(self.per_task_adam_parts))
         _check(0 < self.inter_epsilon < 1, f"{path}.inter_epsilon", "a fraction in (0, 1)", self.inter_epsilon)
         _check(self.val_every >= 0, f"{path}.val_every", "an integer >= 0 (0: off)", self.val_every)
         _check(self.val_samples >= 1, f"{path}.val_samples", "an integer >= 1", self.val_samples)

@@ -146,6 +146,8 @@ def test_overrides_are_type_checked(override, field):
         ("train.inter=static", "train.inter_weights", "one weight per task"),
         ("train.intra_target=median", "train.intra_target", "one of ['mean'"),
         ("train.lr=0", "train.lr", "positive learning rate"),
+        ("train.per_task_adam_parts=[heads]", "train.per_task_adam_parts", "list of ['camera', 'lidar', 'fusion']"),
+        ("train.per_task_adam_parts=[]", "train.per_task_adam_parts", "non-empty list"),
     ],
 )
 def test_bad_values_name_the_field(override, field, fragment):

@@ -83,3 +83,34 @@ def test_trainer_records_each_tasks_part_of_the_calibrated_gradient(small_cfg, s
     state = split.optimizer.state[shared[0]]
     assert state["exp_avg"].shape == (2, *shared[0].shape) and state["step"].tolist() == [1.0, 1.0]
     assert split.adam_diagnostics()
+
+
+def test_parts_outside_per_task_adam_parts_step_as_torchs_adamw_on_the_sum(small_cfg, small_samples):
+    """With ``train.per_task_adam_parts=[camera]`` the camera branch keeps one pair of moments per
+    task and the LiDAR branch and fusion take AdamW's step on the summed gradient; the parts cover
+    the shared parameters once each."""
+    cfg = updated_config(small_cfg, {"train.inter": "sum", "train.intra": False, "train.per_task_adam": True,
+                                     "train.per_task_adam_parts": ["camera"]})
+    trainer = Trainer.create(cfg, torch.device("cpu"))
+    parts = trainer.model.shared_parts()
+    owned = [id(p) for ps in parts.values() for p in ps]
+    assert sorted(owned) == sorted(id(p) for p in trainer.model.shared_parameters())
+    before = {id(p): p.detach().clone() for p in trainer.model.parameters()}
+    trainer.backward(Collator(cfg)(small_samples[:2]))
+    summed = {id(p): p.grad.clone() for p in trainer.parameters() if p.grad is not None}
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    trainer.update({"grad_norm": 1.0, "loss/det": 1.0})
+    clip = cfg.train.grad_clip
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in summed.values()])))
+    factor = min(1.0, clip / (norm + 1e-6)) if clip > 0 else 1.0
+    for name in ("lidar", "fusion"):
+        for p in parts[name]:
+            if id(p) not in summed:
+                continue
+            ref = torch.nn.Parameter(before[id(p)].clone())
+            ref.grad = summed[id(p)] * factor
+            torch.optim.AdamW([ref], lr=lr, weight_decay=cfg.train.weight_decay).step()
+            torch.testing.assert_close(p.detach(), ref.detach(), rtol=0, atol=1e-6)
+            assert trainer.optimizer.state[p]["exp_avg"].shape == p.shape
+    camera = [p for p in parts["camera"] if id(p) in summed]
+    assert camera and all(trainer.optimizer.state[p]["exp_avg"].shape == (2, *p.shape) for p in camera)

@@ -84,7 +84,9 @@ class Trainer:
             if parameter_pcgrad:
                 raise ValueError("parameter_pcgrad: the parameter-level reference has no per-task moments; "
                                  "got train.per_task_adam=true")
-            optimizer = TaskAdamW(params, model.shared_parameters(), len(cfg.model.tasks), lr=t.lr,
+            parts = model.shared_parts()
+            scoped = [p for name in t.per_task_adam_parts for p in parts.get(name, [])]
+            optimizer = TaskAdamW(params, scoped, len(cfg.model.tasks), lr=t.lr,
                                   weight_decay=t.weight_decay)
         else:
             optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)

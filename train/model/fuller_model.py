@@ -149,6 +149,13 @@ class FullerModel(nn.Module):
         head_ids = {id(p) for h in self.heads.values() for p in h.parameters()}
         return [p for p in self.parameters() if id(p) not in head_ids]
 
+    def shared_parts(self) -> dict[str, list[nn.Parameter]]:
+        """The shared parameters by part of the trunk (`SHARED_PARTS`): each branch present, and
+        ``fusion``, the fuser, decoder and its neck where the modalities meet."""
+        parts = {"camera": self.camera, "lidar": self.lidar,
+                 "fusion": nn.ModuleList([self.fuser, self.decoder, self.decoder_neck])}
+        return {name: list(module.parameters()) for name, module in parts.items() if module is not None}
+
     def predict(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
         if "det" in self.heads:
