@@ -326,3 +326,17 @@ def test_diagnostics_table_reads_each_runs_last_steps(tmp_path):
     cells = dict(zip([name for _, name in READINGS], [c.strip() for c in row.split("|")[2:-1]]))
     assert cells["cos at z"] == "2.9" and cells["‖g_det‖ at z"] == "7" and cells["‖g_map‖ at z"] == "-"
     assert "Not run" not in table
+
+
+def test_every_study_variant_names_real_config_keys_and_values():
+    """Each row of `fuller study` is a valid config on the study network (a misspelt key or a value
+    out of range would otherwise surface an hour into the study)."""
+    from fuller.config import load_config
+    from fuller.train import study
+
+    base = load_config(study.STUDY_CONFIG)
+    for variant in (*study.ABLATION, *study.CONTROLS, *study.SENSORS, study.PRETRAIN):
+        cfg = ablation.variant_config(base, variant, 10)
+        for key, value in variant.overrides.items():
+            section, name = key.split(".")
+            assert getattr(getattr(cfg, section), name) == value, (variant.name, key)

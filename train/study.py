@@ -9,7 +9,9 @@ paired seeds (every variant gets the same initialisation and data order for a se
 * ``sensors`` (one seed): single-task, single-modality models, the check that the world holds a
   modality bias worth calibrating (LiDAR detects, cameras map), beside the map prior (the map a
   model without sensors draws, `map_prior`) that each sensor's map is measured from;
-* with ``--controls``, the readings the study measures itself against, added to the ablation.
+* with ``--controls``, the readings the study measures itself against, added to the ablation, and
+  the per-task AdamW moments (``train.per_task_adam``) in all of the trunk, in the camera branch,
+  and in the camera branch and fusion.
 
 The ablation's table ends with the gradient diagnostics of its variants (`study_diagnostics`).
 
@@ -71,6 +73,11 @@ CONTROLS = (
     Variant("imtl", "+ inter: IMTL-G", {**_PLAIN, "train.inter": "imtl"}),
     Variant("imtl_rescaled", "+ inter: IMTL-G at the sum's norm", {**_PLAIN, "train.inter": "imtl_rescaled"}),
     Variant("intra_norm", "+ intra: branch norms", {**_PLAIN, "train.intra": True}),
+    Variant("task_adam", "+ per-task AdamW moments", {**_PLAIN, "train.per_task_adam": True}),
+    Variant("task_adam_camera", "+ per-task AdamW moments, camera branch",
+            {**_PLAIN, "train.per_task_adam": True, "train.per_task_adam_parts": ["camera"]}),
+    Variant("task_adam_camera_fusion", "+ per-task AdamW moments, camera branch and fusion",
+            {**_PLAIN, "train.per_task_adam": True, "train.per_task_adam_parts": ["camera", "fusion"]}),
 )
 SENSORS = (
     Variant("det_lidar", "Detection, LiDAR only", {**_PLAIN, "model.tasks": ["det"], "model.modalities": ["lidar"]}),
