@@ -10,8 +10,8 @@ paired seeds (every variant gets the same initialisation and data order for a se
   modality bias worth calibrating (LiDAR detects, cameras map), beside the map prior (the map a
   model without sensors draws, `map_prior`) that each sensor's map is measured from;
 * with ``--controls``, the readings the study measures itself against, added to the ablation, and
-  the per-task AdamW moments (``train.per_task_adam``) in all of the trunk, in the camera branch,
-  and in the camera branch and fusion.
+  the per-task AdamW moments (``train.per_task_adam``) in all of the trunk, in both branches,
+  in the camera branch, and in the camera branch and fusion.
 
 The ablation's table ends with the gradient diagnostics of its variants (`study_diagnostics`).
 
@@ -74,6 +74,8 @@ CONTROLS = (
     Variant("imtl_rescaled", "+ inter: IMTL-G at the sum's norm", {**_PLAIN, "train.inter": "imtl_rescaled"}),
     Variant("intra_norm", "+ intra: branch norms", {**_PLAIN, "train.intra": True}),
     Variant("task_adam", "+ per-task AdamW moments", {**_PLAIN, "train.per_task_adam": True}),
+    Variant("task_adam_branches", "+ per-task AdamW moments, both branches",
+            {**_PLAIN, "train.per_task_adam": True, "train.per_task_adam_parts": ["camera", "lidar"]}),
     Variant("task_adam_camera", "+ per-task AdamW moments, camera branch",
             {**_PLAIN, "train.per_task_adam": True, "train.per_task_adam_parts": ["camera"]}),
     Variant("task_adam_camera_fusion", "+ per-task AdamW moments, camera branch and fusion",
