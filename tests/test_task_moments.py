@@ -87,8 +87,8 @@ def test_trainer_records_each_tasks_part_of_the_calibrated_gradient(small_cfg, s
 
 def test_parts_outside_per_task_adam_parts_step_as_torchs_adamw_on_the_sum(small_cfg, small_samples):
     """With ``train.per_task_adam_parts=[camera]`` the camera branch keeps one pair of moments per
-    task and the LiDAR branch and fusion take AdamW's step on the summed gradient; the parts cover
-    the shared parameters once each."""
+    task and the LiDAR branch and fusion take AdamW's step on the summed gradient, with no per-task
+    copies of their gradients; the parts cover the shared parameters once each."""
     cfg = updated_config(small_cfg, {"train.inter": "sum", "train.intra": False, "train.per_task_adam": True,
                                      "train.per_task_adam_parts": ["camera"]})
     trainer = Trainer.create(cfg, torch.device("cpu"))
@@ -98,6 +98,8 @@ def test_parts_outside_per_task_adam_parts_step_as_torchs_adamw_on_the_sum(small
     before = {id(p): p.detach().clone() for p in trainer.model.parameters()}
     trainer.backward(Collator(cfg)(small_samples[:2]))
     summed = {id(p): p.grad.clone() for p in trainer.parameters() if p.grad is not None}
+    # task gradients are kept apart only where they have moments of their own
+    assert {id(p) for p in trainer.task_grads.grads} == {id(p) for p in parts["camera"] if id(p) in summed}
     lr = trainer.optimizer.param_groups[0]["lr"]
     trainer.update({"grad_norm": 1.0, "loss/det": 1.0})
     clip = cfg.train.grad_clip

@@ -121,7 +121,8 @@ class Trainer:
             return losses
 
         amp = self.cfg.train.amp and self.device.type == "cuda"
-        record = (TaskGradients(len(self.cfg.model.tasks), self.model.shared_parameters())
+        record = (TaskGradients(len(self.cfg.model.tasks), self.model.shared_parameters(),
+                                kept=self.optimizer.per_task_parameters())
                   if self.cfg.train.per_task_adam else None)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
             if self.parameter_pcgrad:

@@ -30,17 +30,24 @@ from .intra import accumulate_grad
 
 class TaskGradients:
     """Each task's gradient of the shared parameters ``params``, kept apart while the backward pass
-    also sums them into ``.grad`` (which the trainer's guard, clipping and logs read)."""
+    also sums them into ``.grad`` (which the trainer's guard, clipping and logs read). With
+    ``kept``, only those parameters' task gradients are kept (the ones with per-task moments,
+    ``train.per_task_adam_parts``); the others go into ``.grad`` alone, with no copy per task."""
 
-    def __init__(self, num_tasks: int, params: Sequence[nn.Parameter]):
+    def __init__(self, num_tasks: int, params: Sequence[nn.Parameter],
+                 kept: Sequence[nn.Parameter] | None = None):
         if num_tasks < 1:
             raise ValueError(f"num_tasks: expected at least 1, got {num_tasks}")
         self.num_tasks = num_tasks
         self.params = [p for p in params if p.requires_grad]  # the shared parameters
+        self._kept = None if kept is None else {id(p) for p in kept}
         self.grads: dict[nn.Parameter, list[Tensor | None]] = {}
 
     def add(self, task: int, p: nn.Parameter, g: Tensor) -> None:
-        """Record task ``task``'s gradient ``g`` of ``p`` and add it to ``p.grad``."""
+        """Add task ``task``'s gradient ``g`` of ``p`` to ``p.grad`` and keep it apart."""
+        if self._kept is not None and id(p) not in self._kept:
+            accumulate_grad(p, g)
+            return
         accumulate_grad(p, g.clone())  # .grad may alias what it is given; the record keeps g itself
         row = self.grads.setdefault(p, [None] * self.num_tasks)
         row[task] = g.detach() if row[task] is None else row[task] + g
@@ -88,6 +95,10 @@ class TaskAdamW(torch.optim.Optimizer):
 
     def is_shared(self, p: nn.Parameter) -> bool:
         return id(p) in self._shared
+
+    def per_task_parameters(self) -> list[nn.Parameter]:
+        """The parameters stepped with per-task moments (those of ``shared``), in group order."""
+        return [p for group in self.param_groups for p in group["params"] if self.is_shared(p)]
 
     def _state_of(self, p: nn.Parameter, tasks: int | None) -> dict:
         state = self.state[p]
